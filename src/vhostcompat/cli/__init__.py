@@ -1,0 +1,81 @@
+"""The ``vhostcompat`` command: one entry point, one module per subcommand group.
+
+Each module listed in :data:`COMMAND_MODULES` exposes
+``register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None``
+and sets ``handler=`` (a callable taking the parsed namespace and returning an
+exit status) on every parser it adds.
+
+Exit statuses, for every subcommand:
+  0  yes / success
+  1  a clear "no" (incompatible, no common version)
+  2  bad input or an unreachable host; the reason is one line on stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from vhostcompat import __version__
+from vhostcompat.errors import VhostCompatError
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_ERROR = 2
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "vhostcompat.cli.catalog_commands",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our exit status (2) and a one-line error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vhostcompat",
+        description="vhost-user compatibility versions for live migration.",
+        epilog="Exit status: 0 yes/success, 1 a clear no, 2 bad input or unreachable host.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v info, -vv debug) on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=_Parser)
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="vhostcompat: %(name)s: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except VhostCompatError as error:
+        print(f"vhostcompat: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
