@@ -28,6 +28,9 @@ EXIT_ERROR = 2
 
 COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.catalog_commands",
+    "vhostcompat.cli.host_commands",
+    "vhostcompat.cli.manager_commands",
+    "vhostcompat.cli.demo_command",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -1,9 +1,150 @@
-"""Placeholder: replaced by the catalog/host/selection commands."""
+"""Catalog subcommands: ``profiles``, ``profile show``, ``profile diff``, ``qemu-args``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from vhostcompat.cli.common import (
+    Subparsers,
+    add_catalog_option,
+    add_json_option,
+    catalog_from,
+    emit_json,
+    emit_lines,
+    format_table,
+)
+from vhostcompat.features import ProtocolFeature, VirtioFeature, names
+from vhostcompat.profiles import (
+    CatalogEntry,
+    describe_value,
+    diff_profiles,
+    feature_labels,
+    profile_to_mapping,
+)
+from vhostcompat.qemuargs import pin_frontend
+
+EXIT_OK = 0
+EXIT_NO = 1
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    del subparsers
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def list_profiles(args: argparse.Namespace) -> int:
+    catalog = catalog_from(args)
+    if args.json:
+        emit_json({"profiles": [{**profile_to_mapping(entry.profile), "source": entry.source}
+                                for entry in catalog.entries]})
+        return EXIT_OK
+    rows = []
+    for entry in catalog.entries:
+        profile = entry.profile
+        protocol = profile.protocol_features
+        rows.append([profile.version, f"{int(profile.virtio_features):#x}",
+                     "-" if protocol is None else f"{int(protocol):#x}",
+                     _limit(profile.max_queue_pairs), _limit(profile.max_ring_size),
+                     entry.source])
+    emit_lines(format_table(["VERSION", "VIRTIO FEATURES", "PROTOCOL", "QUEUE PAIRS",
+                             "RING SIZE", "SOURCE"], rows))
+    return EXIT_OK
+
+
+def _show_lines(entry: CatalogEntry) -> list[str]:
+    profile = entry.profile
+    lines = [f"version: {profile.version}"]
+    if profile.description:
+        lines.append(f"description: {profile.description}")
+    lines.append(f"source: {entry.source}")
+    for spec, value in profile.items():
+        if isinstance(value, VirtioFeature | ProtocolFeature):
+            lines.append(f"{spec.name}: {int(value):#x} ({spec.rule.value})")
+            lines.extend(f"  {label}" for label in feature_labels(value))
+        else:
+            lines.append(f"{spec.name}: {describe_value(spec, value)} ({spec.rule.value})")
+    return lines
+
+
+def show_profile(args: argparse.Namespace) -> int:
+    entry = catalog_from(args).entry(args.version)
+    if args.json:
+        profile = entry.profile
+        document = {**profile_to_mapping(profile), "source": entry.source,
+                    "virtio_feature_names": names(profile.virtio_features, VirtioFeature)}
+        if profile.protocol_features is not None:
+            document["protocol_feature_names"] = names(profile.protocol_features,
+                                                       ProtocolFeature)
+        emit_json(document)
+    else:
+        emit_lines(_show_lines(entry))
+    return EXIT_OK
+
+
+def diff(args: argparse.Namespace) -> int:
+    catalog = catalog_from(args)
+    first, second = catalog.get(args.first), catalog.get(args.second)
+    differences = diff_profiles(first, second)
+    if args.json:
+        emit_json({"first": first.version, "second": second.version,
+                   "identical": not differences,
+                   "differences": [{"key": item.key, "first": item.first,
+                                    "second": item.second, "only_first": list(item.only_first),
+                                    "only_second": list(item.only_second)}
+                                   for item in differences]})
+    elif differences:
+        emit_lines([f"{first.version} -> {second.version}",
+                    *(f"  {item.describe()}" for item in differences)])
+    else:
+        print(f"{first.version} and {second.version} have the same content")
+    return EXIT_NO if differences else EXIT_OK
+
+
+def qemu_args(args: argparse.Namespace) -> int:
+    pinning = pin_frontend(catalog_from(args).get(args.profile))
+    if args.json:
+        emit_json(pinning.to_json())
+    else:
+        print(pinning.argument())
+        for note in pinning.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK if pinning.satisfiable else EXIT_NO
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "profiles", help="list the catalog's compatibility versions, newest first",
+        description="List the catalog's compatibility versions in preference order.")
+    add_catalog_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(handler=list_profiles)
+
+    profile = subparsers.add_parser("profile", help="show or compare profiles",
+                                    description="Show or compare compatibility profiles.")
+    actions = profile.add_subparsers(dest="profile_command", metavar="ACTION",
+                                     parser_class=type(profile))
+    actions.required = True
+    show = actions.add_parser("show", help="one profile's features and limits",
+                              description="Show one profile's features and limits.")
+    show.add_argument("version")
+    add_catalog_option(show)
+    add_json_option(show)
+    show.set_defaults(handler=show_profile)
+    compare = actions.add_parser(
+        "diff", help="how two profiles differ (exit 1 if they do)",
+        description="Show how two profiles differ; exit 0 if equivalent, 1 if not.")
+    compare.add_argument("first", metavar="VERSION1")
+    compare.add_argument("second", metavar="VERSION2")
+    add_catalog_option(compare)
+    add_json_option(compare)
+    compare.set_defaults(handler=diff)
+
+    pin = subparsers.add_parser(
+        "qemu-args", help="QEMU virtio-net-pci properties that pin the frontend to a profile",
+        description="Print the virtio-net-pci properties (QEMU 7.2) that keep the guest "
+                    "from being offered what the profile lacks; notes go to stderr. "
+                    "Exit 1 if QEMU cannot honour the profile's limits.")
+    pin.add_argument("--profile", required=True, metavar="VERSION")
+    add_catalog_option(pin)
+    add_json_option(pin)
+    pin.set_defaults(handler=qemu_args)

@@ -1,0 +1,80 @@
+"""Host subcommands: ``publish``, ``versions``, ``assign``.
+
+A HOST is a directory path (the embedded store; ``publish`` creates it) or,
+later, an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vhostcompat import manager
+from vhostcompat.cli.common import (
+    Subparsers,
+    add_catalog_option,
+    add_json_option,
+    catalog_from,
+    emit_json,
+    emit_lines,
+    run,
+)
+
+EXIT_OK = 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    catalog = catalog_from(args)
+    record = run(manager.publish(args.db, catalog, args.only))
+    if args.json:
+        emit_json({"host": record.address, "versions": list(record.versions)})
+    else:
+        print(f"{record.address}: published {', '.join(record.versions)}")
+    return EXIT_OK
+
+
+def versions(args: argparse.Namespace) -> int:
+    report = run(manager.versions(args.hosts))
+    if args.json:
+        emit_json(report.to_json())
+    else:
+        emit_lines(report.lines())
+    return EXIT_OK
+
+
+def assign(args: argparse.Namespace) -> int:
+    run(manager.assign(args.db, args.iface, args.version))
+    if args.json:
+        emit_json({"host": args.db, "interface": args.iface, "version": args.version})
+    else:
+        print(f"{args.db}: interface {args.iface} in mode {args.version}")
+    return EXIT_OK
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "publish", help="host init: publish a catalog's versions and contents",
+        description="Publish the catalog's versions (newest first) and their profiles in "
+                    "a host's store, creating it if needed. Interfaces are kept.")
+    parser.add_argument("--db", required=True, metavar="HOST",
+                        help="host store: a directory path")
+    parser.add_argument("--only", action="append", metavar="VERSION",
+                        help="publish only this version (repeatable; catalog order kept)")
+    add_catalog_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(handler=publish)
+
+    parser = subparsers.add_parser("versions", help="the versions each host publishes",
+                                   description="List the versions each host publishes.")
+    parser.add_argument("hosts", nargs="+", metavar="HOST")
+    add_json_option(parser)
+    parser.set_defaults(handler=versions)
+
+    parser = subparsers.add_parser(
+        "assign", help="set an interface's compatibility version on a host",
+        description="Write an interface's compatibility version into a host's store "
+                    "(Interface options:vhost-compat-version). The host must publish it.")
+    parser.add_argument("--db", required=True, metavar="HOST")
+    parser.add_argument("--iface", required=True, metavar="NAME")
+    parser.add_argument("--version", required=True, metavar="VERSION")
+    add_json_option(parser)
+    parser.set_defaults(handler=assign)
