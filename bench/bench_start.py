@@ -1,0 +1,181 @@
+"""Time from QEMU start to a running vhost-user device, per backend, side by side.
+
+Each sample starts a fresh backend (not timed), then times QEMU from spawn to:
+
+* ``qmp_ready``: QMP answered (QEMU finished its start, which includes the
+  vhost-user handshake: QEMU blocks until the backend answers);
+* ``driver_ok``: the qtest driver reached DRIVER_OK (QEMU sends the memory
+  table and rings to the backend inside that write);
+* ``vhost_started``: ``x-query-virtio-status`` reports vhost started.
+
+A backend is any callable taking a run directory and returning an async
+context manager that yields the vhost-user socket path QEMU connects to
+(:data:`BackendFactory`); testpmd is built in, others are plugged in with
+``--backend-factory NAME=package.module:callable``. Backends are measured
+round-robin so that drift of the machine hits them alike.
+
+    python -m bench.bench_start --repeat 10 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+from vhostcompat.errors import InputError, VhostCompatError
+from vhostcompat.lab import qmp
+from vhostcompat.lab.qemu import QemuVm, run_qemu
+from vhostcompat.lab.testpmd import TestpmdConfig, run_testpmd
+
+BackendFactory = Callable[[Path], AbstractAsyncContextManager[Path]]
+PHASES = ("qmp_ready", "driver_ok", "vhost_started")
+VHOST_TIMEOUT = 10.0
+SAMPLE_TIMEOUT = 60.0
+
+
+@contextlib.asynccontextmanager
+async def dpdk_testpmd_backend(run_dir: Path) -> AsyncIterator[Path]:
+    """DPDK testpmd (interactive, tso=0) listening on a socket in ``run_dir``."""
+    async with run_testpmd(TestpmdConfig(run_dir / "vhost.sock"), run_dir) as testpmd:
+        yield testpmd.socket_path
+
+
+BUILTIN_BACKENDS: dict[str, BackendFactory] = {"testpmd": dpdk_testpmd_backend}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """Seconds from QEMU's spawn to each phase."""
+
+    qmp_ready: float
+    driver_ok: float
+    vhost_started: float
+
+
+async def measure_once(backend: BackendFactory) -> Sample:
+    """One sample in a fresh short run directory (removed afterwards)."""
+    run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
+    try:
+        async with asyncio.timeout(SAMPLE_TIMEOUT), backend(run_dir) as socket_path:
+            started = time.monotonic()
+            async with run_qemu(QemuVm(socket_path), run_dir, "qemu") as qemu:
+                qmp_ready = time.monotonic() - started
+                await qemu.driver().initialise()
+                driver_ok = time.monotonic() - started
+                await qmp.wait_for_vhost_started(qemu, VHOST_TIMEOUT)
+                vhost_started = time.monotonic() - started
+        return Sample(qmp_ready, driver_ok, vhost_started)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def compare(backends: Mapping[str, BackendFactory], repeat: int) -> dict[str, list[Sample]]:
+    """``repeat`` samples of every backend, taken round-robin."""
+    samples: dict[str, list[Sample]] = {name: [] for name in backends}
+    for _ in range(repeat):
+        for name, backend in backends.items():
+            samples[name].append(await measure_once(backend))
+    return samples
+
+
+def summarise(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """Median and minimum of each phase, in milliseconds."""
+    return {
+        phase: {
+            "median_ms": round(statistics.median(getattr(s, phase) for s in samples) * 1e3, 1),
+            "min_ms": round(min(getattr(s, phase) for s in samples) * 1e3, 1),
+        }
+        for phase in PHASES
+    }
+
+
+def report(samples: Mapping[str, Sequence[Sample]], repeat: int) -> dict[str, Any]:
+    return {
+        "benchmark": "qemu start to vhost running",
+        "repeat": repeat,
+        "backends": {
+            name: {"summary": summarise(runs),
+                   "samples_ms": [{phase: round(getattr(s, phase) * 1e3, 1) for phase in PHASES}
+                                  for s in runs]}
+            for name, runs in samples.items()
+        },
+    }
+
+
+def render(document: Mapping[str, Any]) -> str:
+    lines = [f"QEMU start -> vhost running, {document['repeat']} run(s) each (ms, median / min)",
+             f"{'backend':<16}" + "".join(f"{phase:>22}" for phase in PHASES)]
+    for name, result in document["backends"].items():
+        summary = result["summary"]
+        cells = "".join(
+            f"{summary[phase]['median_ms']:>13.1f} / {summary[phase]['min_ms']:>6.1f}"
+            for phase in PHASES)
+        lines.append(f"{name:<16}{cells}")
+    return "\n".join(lines)
+
+
+def load_factory(spec: str) -> tuple[str, BackendFactory]:
+    """``NAME=package.module:callable`` -> (NAME, the callable)."""
+    name, _, target = spec.partition("=")
+    module_name, _, attribute = target.partition(":")
+    if not name or not module_name or not attribute:
+        raise InputError(f"--backend-factory wants NAME=package.module:callable, not {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise InputError(f"--backend-factory {spec!r}: {error}") from None
+    if not callable(factory):
+        raise InputError(f"--backend-factory {spec!r} is not callable")
+    return name, factory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_start", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="samples per backend (default 5)")
+    parser.add_argument("--backend", action="append", choices=sorted(BUILTIN_BACKENDS),
+                        help="a built-in backend (default: testpmd); repeatable")
+    parser.add_argument("--backend-factory", action="append", default=[],
+                        metavar="NAME=MODULE:CALLABLE",
+                        help="another backend: a callable(run_dir) returning an async context"
+                             " manager that yields the vhost-user socket path; repeatable")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.repeat < 1:
+            raise InputError("--repeat must be at least 1")
+        backends: dict[str, BackendFactory] = {
+            name: BUILTIN_BACKENDS[name] for name in (args.backend or [])}
+        for spec in args.backend_factory:
+            name, factory = load_factory(spec)
+            backends[name] = factory
+        if not backends:
+            backends = {"testpmd": dpdk_testpmd_backend}
+        samples = asyncio.run(compare(backends, args.repeat))
+    except VhostCompatError as error:
+        print(f"bench_start: {error}", file=sys.stderr)
+        return error.exit_status
+    document = report(samples, args.repeat)
+    print(json.dumps(document, indent=2) if args.json else render(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

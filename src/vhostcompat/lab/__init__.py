@@ -1,0 +1,14 @@
+"""The real-frontend lab: QEMU, a qtest virtio-pci driver, QMP, migration, testpmd.
+
+Everything here starts real programs (Debian's QEMU 7.2 and DPDK testpmd) as
+child processes and cleans up after them, so tests, benchmarks and
+``vhostcompat demo`` can play the whole story against any vhost-user backend:
+
+* :mod:`~vhostcompat.lab.process`: child processes, logs, bounded waits;
+* :mod:`~vhostcompat.lab.firmware`: the halt-only guest firmware;
+* :mod:`~vhostcompat.lab.qemu`: ``QemuVm``, its command line, ``run_qemu``;
+* :mod:`~vhostcompat.lab.qtest`: the qtest client and virtio-net PCI driver;
+* :mod:`~vhostcompat.lab.qmp`: virtio status, migration over QMP;
+* :mod:`~vhostcompat.lab.testpmd`: DPDK testpmd as a vhost-user backend;
+* :mod:`~vhostcompat.lab.probe`: a one-shot GET_FEATURES probe of any backend.
+"""
