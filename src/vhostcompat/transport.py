@@ -1,0 +1,454 @@
+"""asyncio Unix stream sockets that carry fds (SCM_RIGHTS) for vhost-user.
+
+asyncio streams cannot pass fds, so :class:`FdConnection` drives a
+non-blocking ``AF_UNIX``/``SOCK_STREAM`` socket itself with
+``loop.add_reader``/``add_writer`` and ``recvmsg``/``sendmsg``. Both socket
+roles are here: :func:`listen` (server) and :func:`connect` (client, with
+retries and exponential backoff; call it again to reconnect).
+:class:`MessageConnection` pairs a connection with the sans-IO codec of
+:mod:`vhostcompat.vhostuser` and speaks in messages.
+
+Fd ownership: fds returned by :meth:`FdConnection.recv` belong to the
+caller; fds given to :meth:`FdConnection.send` stay the caller's (the kernel
+duplicates them into the peer). Every error path closes the fds that
+arrived with it. Received fds are close-on-exec, so child processes (QEMU,
+testpmd) never inherit them.
+
+Each connection logs to a child of this module's logger: ``--> message`` /
+``<-- message`` at DEBUG, one line at ERROR when a handler fails.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Self
+
+from vhostcompat.errors import InputError, RemoteProtocolError, VhostCompatError
+from vhostcompat.vhostuser.codec import Decoder, Message, close_fds, encode
+from vhostcompat.vhostuser.requests import MAX_FDS, Channel, Role
+
+_log = logging.getLogger(__name__)
+
+RECV_SIZE = 65536
+# Room for exactly MAX_FDS fds: a peer sending more gets MSG_CTRUNC.
+_FD_ITEM = array.array("i").itemsize
+ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * _FD_ITEM)
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class TransportError(VhostCompatError):
+    """A socket-level failure (reset, broken pipe, use after close)."""
+
+
+class ConnectionClosedError(TransportError):
+    """The connection was closed (by us) while or before it was used."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made to a socket path."""
+
+    def __init__(self, path: str, attempts: int, cause: OSError) -> None:
+        self.path = path
+        self.attempts = attempts
+        self.cause = cause
+        plural = "s" if attempts != 1 else ""
+        super().__init__(f"cannot connect to {path}: {cause.strerror or cause} "
+                         f"({attempts} attempt{plural})")
+
+
+class SocketPathError(TransportError, InputError):
+    """A socket path we refuse to use (too long, a regular file, a symlink, in use)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"socket path {path}: {reason}")
+
+
+class FdTransferError(RemoteProtocolError):
+    """The peer's ancillary data was unusable (too many fds, truncated)."""
+
+
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[:len(data) - len(data) % _FD_ITEM])
+            fds.extend(received)
+        else:
+            _log.debug("ignoring ancillary data level %d type %d", level, kind)
+    return fds
+
+
+class FdConnection:
+    """One connected Unix stream socket, with fds.
+
+    One :meth:`recv` and one :meth:`send` may run at a time each (locks
+    serialise concurrent callers); :meth:`close` wakes both with
+    :class:`ConnectionClosedError`.
+    """
+
+    def __init__(self, sock: socket.socket, *, name: str = "") -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._recv_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._closed = False
+        self.name = name or f"fd{self._fd}"
+        self.log = _log.getChild(self.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        return self._fd
+
+    async def recv(self, bufsize: int = RECV_SIZE) -> tuple[bytes, list[int]]:
+        """Bytes and the fds that came with them; ``b""`` means the peer closed."""
+        async with self._recv_lock:
+            while True:
+                self._check_open()
+                try:
+                    data, ancdata, msg_flags, _ = self._sock.recvmsg(
+                        bufsize, ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait(readable=True)
+                    continue
+                except OSError as error:
+                    raise TransportError(
+                        f"{self.name}: receive failed: {error.strerror or error}") from error
+                fds = _fds_from(ancdata)
+                if msg_flags & socket.MSG_CTRUNC:
+                    # The kernel dropped the fds that did not fit; close the rest.
+                    close_fds(fds)
+                    raise FdTransferError(
+                        f"{self.name}: ancillary data truncated (more than {MAX_FDS} fds "
+                        "in one message)")
+                return data, fds
+
+    async def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Send all of ``data``; ``fds`` travel with its first byte (not closed)."""
+        if fds and not data:
+            raise TransportError(f"{self.name}: fds need at least one byte to travel with")
+        if len(fds) > MAX_FDS:
+            raise TransportError(f"{self.name}: {len(fds)} fds (at most {MAX_FDS})")
+        async with self._send_lock:
+            view = memoryview(data)
+            pending_fds = list(fds)
+            while view:
+                self._check_open()
+                try:
+                    if pending_fds:
+                        rights = array.array("i", pending_fds)
+                        sent = self._sock.sendmsg(
+                            [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+                        pending_fds = []
+                    else:
+                        sent = self._sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait(readable=False)
+                    continue
+                except OSError as error:
+                    raise TransportError(
+                        f"{self.name}: send failed: {error.strerror or error}") from error
+                view = view[sent:]
+
+    def close(self) -> None:
+        """Close the socket and wake any waiting recv/send with ConnectionClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionClosedError(f"{self.name}: connection closed"))
+        self._sock.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosedError(f"{self.name}: connection closed")
+
+    async def _wait(self, *, readable: bool) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if readable:
+            self._loop.add_reader(self._fd, wake)
+        else:
+            self._loop.add_writer(self._fd, wake)
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if not self._closed:
+                if readable:
+                    self._loop.remove_reader(self._fd)
+                else:
+                    self._loop.remove_writer(self._fd)
+
+
+def _check_path_length(path: str) -> None:
+    if not path:
+        raise SocketPathError(path, "empty path")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise SocketPathError(path, f"longer than {MAX_SOCKET_PATH} bytes "
+                                    "(the Unix socket path limit)")
+
+
+def _prepare_listen_path(path: str) -> None:
+    """Refuse a path we must not replace; remove a stale socket left behind."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(status.st_mode):
+        raise SocketPathError(path, "is a symbolic link; refusing to replace it")
+    if not stat.S_ISSOCK(status.st_mode):
+        raise SocketPathError(path, "exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        _log.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except BlockingIOError:
+        pass  # backlog full: someone is listening
+    finally:
+        probe.close()
+    raise SocketPathError(path, "another process is listening on it")
+
+
+Handler = Callable[[FdConnection], Awaitable[None]]
+
+
+class Listener:
+    """A listening socket that runs ``on_connection`` for every client.
+
+    Each accepted connection is closed when its handler returns. A handler
+    that fails is logged (one line at ERROR) and does not stop the listener.
+    """
+
+    def __init__(self, sock: socket.socket, path: str, on_connection: Handler) -> None:
+        self.path = path
+        self._sock = sock
+        self._inode = os.stat(path).st_ino
+        self._on_connection = on_connection
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._count = 0
+        # Dots would nest loggers: vhost.sock -> vhost_sock.
+        self.label = (os.path.basename(path) or "listener").replace(".", "_")
+        self.log = _log.getChild(self.label)
+        self._accepting = asyncio.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(self._sock)
+            except OSError as error:
+                # EMFILE and friends: say so and retry later instead of spinning.
+                self.log.error("accept on %s failed: %s", self.path, error.strerror or error)
+                await asyncio.sleep(0.1)
+                continue
+            self._count += 1
+            connection = FdConnection(client, name=f"{self.label}#{self._count}")
+            task = asyncio.create_task(self._run(connection))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _run(self, connection: FdConnection) -> None:
+        try:
+            await self._on_connection(connection)
+        except VhostCompatError as error:
+            connection.log.error("connection handler failed: %s", error)
+        except Exception:
+            connection.log.exception("connection handler crashed")
+        finally:
+            connection.close()
+
+    @property
+    def connections(self) -> int:
+        """Handlers still running."""
+        return len(self._handlers)
+
+    def close(self) -> None:
+        """Stop accepting, cancel the handlers, remove our socket file."""
+        self._accepting.cancel()
+        for task in self._handlers:
+            task.cancel()
+        self._sock.close()
+        # Remove the path only if it is still our socket, not a successor's.
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    async def wait_closed(self) -> None:
+        """Wait until the accept loop and every handler have finished."""
+        await asyncio.gather(self._accepting, *self._handlers, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def listen(path: str | os.PathLike[str], on_connection: Handler, *,
+                 backlog: int = 16) -> Listener:
+    """Listen on a Unix socket path (the server role).
+
+    A stale socket file is replaced; a regular file, a symlink, a socket
+    someone listens on or a path over the length limit is refused with
+    :class:`SocketPathError`.
+    """
+    where = os.fspath(path)
+    _check_path_length(where)
+    _prepare_listen_path(where)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(where)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise SocketPathError(where, f"cannot listen: {error.strerror or error}") from error
+    return Listener(sock, where, on_connection)
+
+
+async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
+                  backoff: float = 0.05, max_backoff: float = 1.0,
+                  name: str = "") -> FdConnection:
+    """Connect to a Unix socket path (the client role).
+
+    While nobody listens (no socket yet, or connection refused) retry for up
+    to ``retry_for`` seconds, waiting ``backoff`` seconds after the first
+    failure and doubling up to ``max_backoff``; then raise
+    :class:`ConnectError`. A path that exists but is not a socket is refused
+    at once with :class:`SocketPathError`.
+    """
+    where = os.fspath(path)
+    _check_path_length(where)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    delay = backoff
+    attempts = 0
+    while True:
+        attempts += 1
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.stat(where).st_mode):
+                raise SocketPathError(where, "is not a socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, where)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            sock.close()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ConnectError(where, attempts, error) from error
+            _log.debug("connect to %s: %s; retrying in %.2fs", where, error.strerror,
+                       min(delay, remaining))
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, max_backoff)
+            continue
+        except OSError as error:
+            sock.close()
+            raise ConnectError(where, attempts, error) from error
+        except BaseException:
+            sock.close()
+            raise
+        return FdConnection(sock, name=name)
+
+
+class MessageConnection:
+    """vhost-user messages over an :class:`FdConnection`.
+
+    ``role`` is ours and ``channel`` the socket's, e.g. a back-end's main
+    socket is ``MessageConnection(conn, Channel.FRONTEND, Role.BACKEND)``: it
+    receives front-end requests and sends replies.
+    """
+
+    def __init__(self, connection: FdConnection, channel: Channel, role: Role) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.role = role
+        self.decoder = Decoder(channel, sender=role.peer)
+        self._eof = False
+        self.log = connection.log
+
+    async def recv_message(self) -> Message | None:
+        """The next message from the peer, or None once the peer closed cleanly.
+
+        Raises :class:`~vhostcompat.errors.RemoteProtocolError` for a message
+        the codec refuses (its fds closed) or a stream cut mid-message; the
+        connection should then be closed.
+        """
+        while True:
+            message = self.decoder.next_message()
+            if message is not None:
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("<-- %s", message)
+                return message
+            if self._eof:
+                return None
+            try:
+                data, fds = await self.connection.recv()
+            except VhostCompatError:
+                # The stream is unusable from here on: release what the decoder holds.
+                self.decoder.close()
+                raise
+            if not data:
+                self._eof = True
+                self.decoder.end_of_stream()
+                return None
+            self.decoder.feed(data, fds)
+
+    async def send_message(self, message: Message) -> None:
+        """Encode and send ``message``; its fds stay the caller's."""
+        data, fds = encode(message)
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("--> %s", message)
+        await self.connection.send(data, fds)
+
+    def close(self) -> None:
+        """Close the socket and any fds the decoder still holds."""
+        self.decoder.close()
+        self.connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self.close()

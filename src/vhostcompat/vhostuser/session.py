@@ -1,0 +1,636 @@
+"""Per-connection vhost-user session state (no I/O).
+
+A :class:`Session` plays one role (front-end or back-end) and is shown every
+message of its connection: :meth:`Session.receive` for what the peer sent,
+:meth:`Session.send` for what we are about to send. It knows what was
+negotiated (features offered and acked, protocol features, REPLY_ACK, owner),
+the rings (size, base, addresses, kick/call/err, enabled, started), the
+memory table and the replies still owed, and refuses what the spec or the
+configured :class:`SessionLimits` forbid.
+
+Checks run in two steps, the generic one from the request table first (the
+peer's direction, protocol feature prerequisites, ring index range, reserved
+fields), then the request's own rule from :data:`_REQUEST_RULES`. A rule
+validates everything before it changes any state, so a refused message
+leaves the session as it was.
+
+A message the peer sent that breaks a rule raises
+:class:`~vhostcompat.vhostuser.errors.RemoteMessageError`, closes the
+message's fds and latches the session BROKEN: every later call raises the
+same error. A message we were about to send raises
+:class:`~vhostcompat.vhostuser.errors.LocalMessageError` and changes nothing
+(its fds stay ours).
+
+Whether a reply is owed is :meth:`Session.reply_expected`: a back-end and a
+proxy share that rule instead of each guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
+from vhostcompat.features import ProtocolFeature, VirtioFeature, names
+from vhostcompat.vhostuser.codec import Message, close_fds
+from vhostcompat.vhostuser.errors import LocalMessageError, RemoteMessageError
+from vhostcompat.vhostuser.payloads import (
+    MAX_CONFIG_SIZE,
+    U64,
+    DeviceConfig,
+    InflightDescription,
+    LogDescription,
+    MemoryRegion,
+    MemoryTable,
+    Payload,
+    SingleMemoryRegion,
+    VringAddress,
+    VringAddressFlags,
+    VringFile,
+    VringState,
+)
+from vhostcompat.vhostuser.requests import (
+    Channel,
+    FrontendRequest,
+    ReplyWhen,
+    Request,
+    Role,
+)
+
+_F = FrontendRequest
+_P = TypeVar("_P", bound=Payload)
+_LIMIT_64 = 1 << 64
+# Virtio's largest queue size (split rings must also be a power of two).
+MAX_QUEUE_SIZE = 32768
+
+
+class ReplyAckPolicy(enum.Enum):
+    """When a request with need_reply set is owed an acknowledgement."""
+
+    # What DPDK and libvhost-user do: ack whenever the flag is set.
+    WHEN_REQUESTED = "whenever need_reply is set"
+    # The spec's letter: the flag only means something once REPLY_ACK is negotiated.
+    WHEN_NEGOTIATED = "when need_reply is set and REPLY_ACK was negotiated"
+
+
+class SessionState(enum.Enum):
+    ACTIVE = "active"
+    BROKEN = "broken"
+
+
+class FdState(enum.Enum):
+    """What SET_VRING_KICK/CALL/ERR set for a ring."""
+
+    UNSET = "unset"
+    FD = "fd"
+    POLLING = "no fd (NOFD flag)"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Limits a session enforces on top of the spec (the profile's, typically)."""
+
+    max_rings: int = 256            # ring indices 0 .. max_rings-1
+    max_ring_size: int = MAX_QUEUE_SIZE
+    max_memory_regions: int = 8     # regions in one SET_MEM_TABLE
+    max_memory_slots: int = 509     # regions via ADD_MEM_REG, unless GET_MAX_MEM_SLOTS said less
+
+
+@dataclass(frozen=True, slots=True)
+class RingState:
+    """What the session knows about one ring (virtqueue)."""
+
+    index: int
+    num: int | None = None
+    base: int | None = None
+    address: VringAddress | None = None
+    kick: FdState = FdState.UNSET
+    call: FdState = FdState.UNSET
+    err: FdState = FdState.UNSET
+    enabled: bool = False
+    started: bool = False
+
+
+class _Violation(Exception):
+    """A rule broken by a message; turned into a Local or Remote error."""
+
+    def __init__(self, reason: str, ring: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ring = ring
+
+
+def _outside(value: int, allowed: int) -> int:
+    """Bits of ``value`` not in ``allowed``, on plain ints: ``~`` on an IntFlag
+    only inverts the bits the enum defines, and unknown bits must count too."""
+    return int(value) & ~int(allowed)
+
+
+def _virtio_names(value: int) -> str:
+    return "|".join(names(value, VirtioFeature)) or "none"
+
+
+def _protocol_names(value: int) -> str:
+    return "|".join(names(value, ProtocolFeature)) or "none"
+
+
+class Session:
+    """The vhost-user state of one connection, seen from ``role``."""
+
+    def __init__(self, role: Role, *, limits: SessionLimits | None = None,
+                 reply_ack_policy: ReplyAckPolicy = ReplyAckPolicy.WHEN_REQUESTED,
+                 offered_features: VirtioFeature | None = None,
+                 offered_protocol_features: ProtocolFeature | None = None) -> None:
+        self.role = role
+        self.limits = limits or SessionLimits()
+        self.reply_ack_policy = reply_ack_policy
+        self.state = SessionState.ACTIVE
+        self.error: RemoteProtocolError | None = None
+        # Learned from the GET_FEATURES / GET_PROTOCOL_FEATURES replies seen,
+        # or given when the session starts after them.
+        self.offered_features = offered_features
+        self.offered_protocol_features = offered_protocol_features
+        self.acked_features: VirtioFeature | None = None
+        self.acked_protocol_features: ProtocolFeature | None = None
+        self.owner = False
+        self.queue_num: int | None = None
+        self.max_memory_slots: int | None = None
+        self.status: int | None = None
+        self.log: LogDescription | None = None
+        self.backend_channel = False
+        self.postcopy_listening = False
+        self._regions: list[MemoryRegion] = []
+        self._rings: dict[int, RingState] = {}
+        # Without VHOST_USER_F_PROTOCOL_FEATURES acked, rings start enabled.
+        self._rings_enabled_by_default = False
+        self._awaiting: dict[Channel, deque[Message]] = {
+            Channel.FRONTEND: deque(), Channel.BACKEND: deque()}
+
+    # -- what the session knows ------------------------------------------------
+
+    @property
+    def rings(self) -> Mapping[int, RingState]:
+        return MappingProxyType(self._rings)
+
+    @property
+    def memory_regions(self) -> tuple[MemoryRegion, ...]:
+        return tuple(self._regions)
+
+    @property
+    def protocol_features(self) -> ProtocolFeature:
+        """The negotiated protocol features (none before SET_PROTOCOL_FEATURES)."""
+        return self.acked_protocol_features or ProtocolFeature(0)
+
+    @property
+    def reply_ack(self) -> bool:
+        return bool(self.protocol_features & ProtocolFeature.REPLY_ACK)
+
+    @property
+    def packed_ring(self) -> bool:
+        return bool(self.acked_features and
+                    self.acked_features & VirtioFeature.VIRTIO_F_RING_PACKED)
+
+    def started_rings(self) -> tuple[int, ...]:
+        return tuple(index for index, ring in sorted(self._rings.items()) if ring.started)
+
+    def enabled_rings(self) -> tuple[int, ...]:
+        return tuple(index for index, ring in sorted(self._rings.items()) if ring.enabled)
+
+    def awaiting_reply(self, channel: Channel = Channel.FRONTEND) -> Request | None:
+        """The request whose reply is owed next on ``channel``, if any."""
+        awaiting = self._awaiting[channel]
+        return awaiting[0].request if awaiting else None
+
+    def reply_expected(self, message: Message) -> bool:
+        """Whether the request ``message`` must be answered (its reply or an ack)."""
+        spec = message.spec
+        ack = message.need_reply and (
+            self.reply_ack_policy is ReplyAckPolicy.WHEN_REQUESTED or self.reply_ack)
+        match spec.reply_when:
+            case ReplyWhen.ALWAYS:
+                return True
+            case ReplyWhen.WITH_PROTOCOL_FEATURE:
+                assert spec.reply_feature is not None
+                return bool(self.protocol_features & spec.reply_feature) or ack
+            case ReplyWhen.POSTCOPY:
+                return self.postcopy_listening or ack
+            case ReplyWhen.ACK_ONLY:
+                return ack
+        raise AssertionError(spec.reply_when)  # pragma: no cover
+
+    # -- feeding messages ----------------------------------------------------------
+
+    def receive(self, message: Message) -> None:
+        """Check and apply a message the peer sent.
+
+        On a violation the message's fds are closed, the session is latched
+        BROKEN and :class:`RemoteMessageError` is raised.
+        """
+        if self.error is not None:
+            close_fds(message.fds)
+            raise self.error
+        try:
+            self._process(message, self.role.peer)
+        except _Violation as violation:
+            close_fds(message.fds)
+            self.error = RemoteMessageError(violation.reason, request=message.request,
+                                            ring=violation.ring)
+            self.state = SessionState.BROKEN
+            raise self.error from None
+
+    def send(self, message: Message) -> None:
+        """Check and apply a message we are about to send (LocalMessageError if refused)."""
+        if self.error is not None:
+            raise LocalProtocolError(f"session is broken: {self.error}")
+        try:
+            self._process(message, self.role)
+        except _Violation as violation:
+            raise LocalMessageError(violation.reason, request=message.request,
+                                    ring=violation.ring) from None
+
+    def _process(self, message: Message, sender: Role) -> None:
+        if message.sender is not sender:
+            kind = "reply" if message.is_reply else "request"
+            raise _Violation(f"a {sender.value} never sends this {kind} on the "
+                             f"{message.channel.value} socket")
+        if message.is_reply:
+            self._process_reply(message)
+        else:
+            self._process_request(message)
+
+    def _process_request(self, message: Message) -> None:
+        self._check_generic(message)
+        rule = _REQUEST_RULES.get(message.request)
+        if rule is not None:
+            rule(self, message)
+        if self.reply_expected(message):
+            self._awaiting[message.channel].append(message)
+
+    def _process_reply(self, message: Message) -> None:
+        awaiting = self._awaiting[message.channel]
+        if not awaiting:
+            raise _Violation("reply to a request that expects none")
+        request = awaiting[0]
+        if request.request is not message.request:
+            raise _Violation(f"reply while the reply to {request.request.name} is owed")
+        rule = _REPLY_RULES.get(message.request)
+        if rule is not None:
+            rule(self, request, message)
+        awaiting.popleft()
+
+    def _check_generic(self, message: Message) -> None:
+        spec = message.spec
+        if message.channel is Channel.BACKEND:
+            if not self.protocol_features & ProtocolFeature.BACKEND_REQ:
+                raise _Violation("back-end channel message but BACKEND_REQ is not negotiated")
+            if message.fds and not self.protocol_features & ProtocolFeature.BACKEND_SEND_FD:
+                raise _Violation("fds on the back-end channel but BACKEND_SEND_FD is not "
+                                 "negotiated")
+        if spec.needs_protocol_features and not (
+                self.offered_features and
+                self.offered_features & VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES):
+            raise _Violation("VHOST_USER_F_PROTOCOL_FEATURES was not offered")
+        if spec.requires is not None and not self.protocol_features & spec.requires:
+            raise _Violation(f"protocol feature {spec.requires.name} is not negotiated")
+        ring = message.payload.ring_index
+        if ring is not None and ring >= self.limits.max_rings:
+            raise _Violation(f"ring index {ring} out of range "
+                             f"(at most {self.limits.max_rings} rings)", ring)
+        if spec.num_reserved and isinstance(message.payload, VringState) and \
+                message.payload.num != 0:
+            raise _Violation(f"reserved num field is {message.payload.num}, must be 0", ring)
+
+    # -- helpers for the rules -------------------------------------------------------
+
+    def _ring(self, index: int) -> RingState:
+        ring = self._rings.get(index)
+        if ring is None:
+            ring = RingState(index, enabled=self._rings_enabled_by_default)
+        return ring
+
+    def _update_ring(self, index: int, **changes: Any) -> None:
+        self._rings[index] = dataclasses.replace(self._ring(index), **changes)
+
+
+# -- per-request rules (validate everything, then apply) ------------------------------
+
+def _payload(message: Message, kind: type[_P]) -> _P:
+    payload = message.payload
+    if not isinstance(payload, kind):
+        raise _Violation(f"{type(payload).__name__} payload, expected {kind.__name__}")
+    return payload
+
+
+def _set_features(session: Session, message: Message) -> None:
+    features = VirtioFeature(_payload(message, U64).value)
+    offered = session.offered_features
+    if offered is None:
+        raise _Violation("SET_FEATURES before any GET_FEATURES reply")
+    unoffered = _outside(features, offered)
+    if unoffered:
+        raise _Violation(f"acks features the back-end did not offer: "
+                         f"{_virtio_names(unoffered)} "
+                         f"(offered {offered:#x})")
+    running = session.started_rings()
+    previous = session.acked_features
+    if running and previous is not None:
+        # Only dirty logging may change under running rings (migration).
+        changed = _outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
+        if changed:
+            raise _Violation(f"changes {_virtio_names(changed)} while rings "
+                             f"{list(running)} are running")
+    session.acked_features = features
+    if not features & VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES:
+        session._rings_enabled_by_default = True
+        for index in list(session._rings):
+            session._update_ring(index, enabled=True)
+
+
+def _set_protocol_features(session: Session, message: Message) -> None:
+    features = ProtocolFeature(_payload(message, U64).value)
+    offered = session.offered_protocol_features
+    if offered is None:
+        raise _Violation("SET_PROTOCOL_FEATURES before any GET_PROTOCOL_FEATURES reply")
+    unoffered = _outside(features, offered)
+    if unoffered:
+        raise _Violation(f"acks protocol features the back-end did not offer: "
+                         f"{_protocol_names(unoffered)} (offered {offered:#x})")
+    inband_needs = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
+    if features & ProtocolFeature.INBAND_NOTIFICATIONS and features & inband_needs != \
+            inband_needs:
+        raise _Violation("INBAND_NOTIFICATIONS needs BACKEND_REQ and REPLY_ACK")
+    if features & ProtocolFeature.XEN_MMAP:
+        raise _Violation("XEN_MMAP memory region layout is not supported")
+    session.acked_protocol_features = features
+
+
+def _set_owner(session: Session, message: Message) -> None:
+    session.owner = True
+
+
+def _stop_all_rings(session: Session) -> None:
+    for index in list(session._rings):
+        session._update_ring(index, started=False, enabled=False)
+
+
+def _reset_owner(session: Session, message: Message) -> None:
+    # Deprecated; the spec recommends treating it as "disable all rings".
+    _stop_all_rings(session)
+    session.owner = False
+
+
+def _reset_device(session: Session, message: Message) -> None:
+    session._rings.clear()
+    session._regions.clear()
+    session.acked_features = None
+    session._rings_enabled_by_default = False
+    session.log = None
+    session.status = None
+
+
+def _check_region(region: MemoryRegion, what: str) -> None:
+    if region.memory_size == 0:
+        raise _Violation(f"{what} has size 0")
+    for field, start in (("guest address", region.guest_phys_addr),
+                         ("user address", region.userspace_addr),
+                         ("mmap offset", region.mmap_offset)):
+        if start + region.memory_size > _LIMIT_64:
+            raise _Violation(f"{what}: {field} {start:#x} + size {region.memory_size:#x} "
+                             "is out of the 64-bit address space")
+
+
+def _check_no_overlap(regions: list[MemoryRegion]) -> None:
+    ordered = sorted(regions, key=lambda region: region.guest_phys_addr)
+    for before, after in itertools.pairwise(ordered):
+        if before.guest_end > after.guest_phys_addr:
+            raise _Violation(f"memory regions {before} and {after} overlap in guest "
+                             "physical space")
+
+
+def _set_mem_table(session: Session, message: Message) -> None:
+    table = _payload(message, MemoryTable)
+    limit = session.limits.max_memory_regions
+    if len(table.regions) > limit:
+        raise _Violation(f"{len(table.regions)} memory regions (at most {limit})")
+    for number, region in enumerate(table.regions):
+        _check_region(region, f"memory region {number}")
+    regions = list(table.regions)
+    _check_no_overlap(regions)
+    session._regions = regions
+
+
+def _add_mem_reg(session: Session, message: Message) -> None:
+    region = _payload(message, SingleMemoryRegion).region
+    limit = min(session.max_memory_slots or session.limits.max_memory_slots,
+                session.limits.max_memory_slots)
+    if len(session._regions) >= limit:
+        raise _Violation(f"memory slots full ({limit} regions)")
+    _check_region(region, "memory region")
+    regions = [*session._regions, region]
+    _check_no_overlap(regions)
+    session._regions = regions
+
+
+def _rem_mem_reg(session: Session, message: Message) -> None:
+    region = _payload(message, SingleMemoryRegion).region
+    # The spec identifies the region by guest address, user address and size.
+    for number, known in enumerate(session._regions):
+        if (known.guest_phys_addr, known.userspace_addr, known.memory_size) == (
+                region.guest_phys_addr, region.userspace_addr, region.memory_size):
+            del session._regions[number]
+            return
+    raise _Violation(f"no memory region {region} to remove")
+
+
+def _set_log_base(session: Session, message: Message) -> None:
+    log = _payload(message, LogDescription)
+    if log.mmap_offset + log.mmap_size > _LIMIT_64:
+        raise _Violation(f"log offset {log.mmap_offset:#x} + size {log.mmap_size:#x} "
+                         "is out of the 64-bit range")
+    if session.protocol_features & ProtocolFeature.LOG_SHMFD and len(message.fds) != 1:
+        raise _Violation(f"{len(message.fds)} fds, LOG_SHMFD needs the log fd")
+    session.log = log
+
+
+def _set_vring_num(session: Session, message: Message) -> None:
+    state = _payload(message, VringState)
+    num, limit = state.num, session.limits.max_ring_size
+    if num == 0 or num > limit:
+        raise _Violation(f"ring size {num} out of range (1 to {limit})", state.index)
+    # Packed rings may have any size; split rings need a power of two.
+    if not session.packed_ring and num & (num - 1):
+        raise _Violation(f"ring size {num} is not a power of two", state.index)
+    session._update_ring(state.index, num=num)
+
+
+def _set_vring_addr(session: Session, message: Message) -> None:
+    address = _payload(message, VringAddress)
+    unknown = _outside(address.flags, VringAddressFlags.LOG)
+    if unknown:
+        raise _Violation(f"unknown vring address flags {unknown:#x}", address.index)
+    # Virtio's alignment rules: split rings 16/2/4, packed rings 16/4/4.
+    alignments = (("descriptor", address.descriptor, 16),
+                  ("available", address.available, 4 if session.packed_ring else 2),
+                  ("used", address.used, 4))
+    for field, value, alignment in alignments:
+        if value % alignment:
+            raise _Violation(f"{field} ring address {value:#x} is not {alignment}-byte "
+                             "aligned", address.index)
+    session._update_ring(address.index, address=address)
+
+
+def _set_vring_base(session: Session, message: Message) -> None:
+    state = _payload(message, VringState)
+    if not session.packed_ring and state.num > 0xFFFF:
+        raise _Violation(f"split ring base {state.num:#x} has reserved bits 16-31 set",
+                         state.index)
+    session._update_ring(state.index, base=state.num)
+
+
+def _get_vring_base(session: Session, message: Message) -> None:
+    # The spec: GET_VRING_BASE stops the ring.
+    session._update_ring(_payload(message, VringState).index, started=False)
+
+
+def _vring_file(field: str, starts: bool) -> Callable[[Session, Message], None]:
+    def rule(session: Session, message: Message) -> None:
+        file = _payload(message, VringFile)
+        state = FdState.POLLING if file.invalid_fd else FdState.FD
+        changes: dict[str, Any] = {field: state}
+        if starts:
+            changes["started"] = True
+        session._update_ring(file.index, **changes)
+    return rule
+
+
+def _set_vring_enable(session: Session, message: Message) -> None:
+    state = _payload(message, VringState)
+    if state.num not in (0, 1):
+        raise _Violation(f"enable value {state.num} is neither 0 nor 1", state.index)
+    session._update_ring(state.index, enabled=bool(state.num))
+
+
+def _set_vring_endian(session: Session, message: Message) -> None:
+    state = _payload(message, VringState)
+    if state.num not in (0, 1):
+        raise _Violation(f"endianness {state.num} is neither 0 (little) nor 1 (big)",
+                         state.index)
+
+
+def _vring_kick(session: Session, message: Message) -> None:
+    session._update_ring(_payload(message, VringState).index, started=True)
+
+
+def _config(session: Session, message: Message) -> None:
+    config = _payload(message, DeviceConfig)
+    if config.flags not in (DeviceConfig.WRITABLE, DeviceConfig.MIGRATION):
+        raise _Violation(f"unknown config flags {config.flags:#x}")
+    if config.offset + len(config.data) > MAX_CONFIG_SIZE:
+        raise _Violation(f"config offset {config.offset} + size {len(config.data)} exceeds "
+                         f"{MAX_CONFIG_SIZE} bytes")
+
+
+def _inflight(session: Session, message: Message) -> None:
+    inflight = _payload(message, InflightDescription)
+    if inflight.num_queues > session.limits.max_rings:
+        raise _Violation(f"{inflight.num_queues} inflight queues "
+                         f"(at most {session.limits.max_rings})")
+    if inflight.queue_size > session.limits.max_ring_size:
+        raise _Violation(f"inflight queue size {inflight.queue_size} "
+                         f"(at most {session.limits.max_ring_size})")
+
+
+def _set_status(session: Session, message: Message) -> None:
+    status = _payload(message, U64).value
+    if status > 0xFF:
+        raise _Violation(f"device status {status:#x} does not fit 8 bits")
+    session.status = status
+
+
+def _set_backend_req_fd(session: Session, message: Message) -> None:
+    session.backend_channel = True
+
+
+def _postcopy(listening: bool) -> Callable[[Session, Message], None]:
+    def rule(session: Session, message: Message) -> None:
+        session.postcopy_listening = listening
+    return rule
+
+
+_REQUEST_RULES: Mapping[Request, Callable[[Session, Message], None]] = MappingProxyType({
+    _F.SET_FEATURES: _set_features,
+    _F.SET_PROTOCOL_FEATURES: _set_protocol_features,
+    _F.SET_OWNER: _set_owner,
+    _F.RESET_OWNER: _reset_owner,
+    _F.RESET_DEVICE: _reset_device,
+    _F.SET_MEM_TABLE: _set_mem_table,
+    _F.ADD_MEM_REG: _add_mem_reg,
+    _F.REM_MEM_REG: _rem_mem_reg,
+    _F.SET_LOG_BASE: _set_log_base,
+    _F.SET_VRING_NUM: _set_vring_num,
+    _F.SET_VRING_ADDR: _set_vring_addr,
+    _F.SET_VRING_BASE: _set_vring_base,
+    _F.GET_VRING_BASE: _get_vring_base,
+    _F.SET_VRING_KICK: _vring_file("kick", starts=True),
+    _F.SET_VRING_CALL: _vring_file("call", starts=False),
+    _F.SET_VRING_ERR: _vring_file("err", starts=False),
+    _F.SET_VRING_ENABLE: _set_vring_enable,
+    _F.SET_VRING_ENDIAN: _set_vring_endian,
+    _F.VRING_KICK: _vring_kick,
+    _F.GET_CONFIG: _config,
+    _F.SET_CONFIG: _config,
+    _F.GET_INFLIGHT_FD: _inflight,
+    _F.SET_INFLIGHT_FD: _inflight,
+    _F.SET_STATUS: _set_status,
+    _F.SET_BACKEND_REQ_FD: _set_backend_req_fd,
+    _F.POSTCOPY_LISTEN: _postcopy(True),
+    _F.POSTCOPY_END: _postcopy(False),
+})
+
+
+# -- reply rules: (session, request, reply) --------------------------------------------
+
+def _features_reply(session: Session, request: Message, reply: Message) -> None:
+    session.offered_features = VirtioFeature(_payload(reply, U64).value)
+
+
+def _protocol_features_reply(session: Session, request: Message, reply: Message) -> None:
+    session.offered_protocol_features = ProtocolFeature(_payload(reply, U64).value)
+
+
+def _queue_num_reply(session: Session, request: Message, reply: Message) -> None:
+    session.queue_num = _payload(reply, U64).value
+
+
+def _max_mem_slots_reply(session: Session, request: Message, reply: Message) -> None:
+    session.max_memory_slots = _payload(reply, U64).value
+
+
+def _status_reply(session: Session, request: Message, reply: Message) -> None:
+    session.status = _payload(reply, U64).value
+
+
+def _vring_base_reply(session: Session, request: Message, reply: Message) -> None:
+    asked = _payload(request, VringState).index
+    state = _payload(reply, VringState)
+    if state.index != asked:
+        raise _Violation(f"GET_VRING_BASE reply for ring {state.index}, asked for ring {asked}",
+                         asked)
+    session._update_ring(asked, base=state.num)
+
+
+_REPLY_RULES: Mapping[Request, Callable[[Session, Message, Message], None]] = MappingProxyType({
+    _F.GET_FEATURES: _features_reply,
+    _F.GET_PROTOCOL_FEATURES: _protocol_features_reply,
+    _F.GET_QUEUE_NUM: _queue_num_reply,
+    _F.GET_MAX_MEM_SLOTS: _max_mem_slots_reply,
+    _F.GET_STATUS: _status_reply,
+    _F.GET_VRING_BASE: _vring_base_reply,
+})
+
