@@ -102,3 +102,10 @@ def test_any_mask_round_trips_through_names_and_hex(mask: int) -> None:
     assert parse_protocol(names(mask, ProtocolFeature)) == mask
     assert parse_protocol(f"{mask:#x}") == mask
     assert bit_numbers(mask) == [b for b in range(64) if mask & (1 << b)]
+
+
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1),
+       st.integers(min_value=0, max_value=(1 << 64) - 1))
+def test_complement_keeps_unknown_bits(value: int, offered: int) -> None:
+    assert int(VirtioFeature(value) & ~VirtioFeature(offered)) == value & ~offered
+    assert int(ProtocolFeature(value) & ~ProtocolFeature(offered)) == value & ~offered

@@ -30,8 +30,25 @@ from vhostcompat.errors import FeatureNameError
 MASK64 = (1 << 64) - 1
 
 
+_Word = TypeVar("_Word", bound=enum.IntFlag)
+
+
+def _invert_64(self: _Word) -> _Word:
+    """``~`` over all 64 bits.
+
+    enum.Flag's own ``~`` only inverts the bits the enum defines, so
+    ``value & ~offered`` would silently drop a peer's unknown bits: exactly the
+    bits a checker must see. (EnumType re-installs Flag's operators on every
+    Flag class unless the class body defines them, hence one assignment per
+    class below rather than a shared base.)
+    """
+    return type(self)(MASK64 ^ int(self))
+
+
 class VirtioFeature(enum.IntFlag, boundary=enum.KEEP):
     """The virtio feature word of a net device, as masks."""
+
+    __invert__ = _invert_64
 
     VIRTIO_NET_F_CSUM = 1 << 0
     VIRTIO_NET_F_GUEST_CSUM = 1 << 1
@@ -88,6 +105,8 @@ class VirtioFeature(enum.IntFlag, boundary=enum.KEEP):
 
 class ProtocolFeature(enum.IntFlag, boundary=enum.KEEP):
     """vhost-user protocol features (VHOST_USER_PROTOCOL_F_*), as masks."""
+
+    __invert__ = _invert_64
 
     MQ = 1 << 0
     LOG_SHMFD = 1 << 1
