@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from vhostcompat.cli.common import (
+    EXIT_NO,
+    EXIT_OK,
     Subparsers,
-    add_catalog_option,
-    add_json_option,
+    add_command,
     catalog_from,
     emit_json,
     emit_lines,
@@ -23,9 +24,6 @@ from vhostcompat.profiles import (
     profile_to_mapping,
 )
 from vhostcompat.qemuargs import pin_frontend
-
-EXIT_OK = 0
-EXIT_NO = 1
 
 
 def _limit(value: int | None) -> str:
@@ -112,39 +110,30 @@ def qemu_args(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "profiles", help="list the catalog's compatibility versions, newest first",
-        description="List the catalog's compatibility versions in preference order.")
-    add_catalog_option(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=list_profiles)
+    add_command(subparsers, "profiles", list_profiles, catalog=True,
+                summary="list the catalog's compatibility versions, newest first",
+                description="List the catalog's compatibility versions in preference order.")
 
     profile = subparsers.add_parser("profile", help="show or compare profiles",
                                     description="Show or compare compatibility profiles.")
     actions = profile.add_subparsers(dest="profile_command", metavar="ACTION",
                                      parser_class=type(profile))
     actions.required = True
-    show = actions.add_parser("show", help="one profile's features and limits",
-                              description="Show one profile's features and limits.")
+    show = add_command(actions, "show", show_profile, catalog=True,
+                       summary="one profile's features and limits",
+                       description="Show one profile's features and limits.")
     show.add_argument("version")
-    add_catalog_option(show)
-    add_json_option(show)
-    show.set_defaults(handler=show_profile)
-    compare = actions.add_parser(
-        "diff", help="how two profiles differ (exit 1 if they do)",
+    compare = add_command(
+        actions, "diff", diff, catalog=True,
+        summary="how two profiles differ (exit 1 if they do)",
         description="Show how two profiles differ; exit 0 if equivalent, 1 if not.")
     compare.add_argument("first", metavar="VERSION1")
     compare.add_argument("second", metavar="VERSION2")
-    add_catalog_option(compare)
-    add_json_option(compare)
-    compare.set_defaults(handler=diff)
 
-    pin = subparsers.add_parser(
-        "qemu-args", help="QEMU virtio-net-pci properties that pin the frontend to a profile",
+    pin = add_command(
+        subparsers, "qemu-args", qemu_args, catalog=True,
+        summary="QEMU virtio-net-pci properties that pin the frontend to a profile",
         description="Print the virtio-net-pci properties (QEMU 7.2) that keep the guest "
                     "from being offered what the profile lacks; notes go to stderr. "
                     "Exit 1 if QEMU cannot honour the profile's limits.")
     pin.add_argument("--profile", required=True, metavar="VERSION")
-    add_catalog_option(pin)
-    add_json_option(pin)
-    pin.set_defaults(handler=qemu_args)

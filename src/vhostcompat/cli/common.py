@@ -6,14 +6,48 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from vhostcompat.profiles import Catalog, load_catalog_or_default
 
 T = TypeVar("T")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_ERROR = 2
+
+
+class Report(Protocol):
+    """What a reporting command prints: human lines, or one JSON document."""
+
+    def lines(self) -> Sequence[str]: ...
+
+    def to_json(self) -> object: ...
+
+
+def add_command(subparsers: Subparsers, name: str, handler: Handler, *, summary: str,
+                description: str, catalog: bool = False,
+                json: bool = True) -> argparse.ArgumentParser:
+    """Add one subcommand with the options every command of its kind shares."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    if catalog:
+        add_catalog_option(parser)
+    if json:
+        add_json_option(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def emit_report(args: argparse.Namespace, report: Report) -> None:
+    """Print ``report`` as JSON with ``--json``, as lines otherwise."""
+    if args.json:
+        emit_json(report.to_json())
+    else:
+        emit_lines(report.lines())
 
 
 def add_catalog_option(parser: argparse.ArgumentParser) -> None:

@@ -10,16 +10,14 @@ import argparse
 
 from vhostcompat import manager
 from vhostcompat.cli.common import (
+    EXIT_OK,
     Subparsers,
-    add_catalog_option,
-    add_json_option,
+    add_command,
     catalog_from,
     emit_json,
-    emit_lines,
+    emit_report,
     run,
 )
-
-EXIT_OK = 0
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -34,10 +32,7 @@ def publish(args: argparse.Namespace) -> int:
 
 def versions(args: argparse.Namespace) -> int:
     report = run(manager.versions(args.hosts))
-    if args.json:
-        emit_json(report.to_json())
-    else:
-        emit_lines(report.lines())
+    emit_report(args, report)
     return EXIT_OK
 
 
@@ -51,30 +46,26 @@ def assign(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "publish", help="host init: publish a catalog's versions and contents",
+    parser = add_command(
+        subparsers, "publish", publish, catalog=True,
+        summary="host init: publish a catalog's versions and contents",
         description="Publish the catalog's versions (newest first) and their profiles in "
                     "a host's store, creating it if needed. Interfaces are kept.")
     parser.add_argument("--db", required=True, metavar="HOST",
                         help="host store: a directory path")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
-    add_catalog_option(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=publish)
 
-    parser = subparsers.add_parser("versions", help="the versions each host publishes",
-                                   description="List the versions each host publishes.")
+    parser = add_command(subparsers, "versions", versions,
+                         summary="the versions each host publishes",
+                         description="List the versions each host publishes.")
     parser.add_argument("hosts", nargs="+", metavar="HOST")
-    add_json_option(parser)
-    parser.set_defaults(handler=versions)
 
-    parser = subparsers.add_parser(
-        "assign", help="set an interface's compatibility version on a host",
+    parser = add_command(
+        subparsers, "assign", assign,
+        summary="set an interface's compatibility version on a host",
         description="Write an interface's compatibility version into a host's store "
                     "(Interface options:vhost-compat-version). The host must publish it.")
     parser.add_argument("--db", required=True, metavar="HOST")
     parser.add_argument("--iface", required=True, metavar="NAME")
     parser.add_argument("--version", required=True, metavar="VERSION")
-    add_json_option(parser)
-    parser.set_defaults(handler=assign)

@@ -6,45 +6,35 @@ import argparse
 
 from vhostcompat import manager
 from vhostcompat.cli.common import (
+    EXIT_NO,
+    EXIT_OK,
     Subparsers,
-    add_catalog_option,
-    add_json_option,
+    add_command,
     catalog_from,
     emit_json,
     emit_lines,
+    emit_report,
     format_table,
     run,
 )
 
-EXIT_OK = 0
-EXIT_NO = 1
-
 
 def select(args: argparse.Namespace) -> int:
     report = run(manager.select(args.hosts, args.prefer))
-    if args.json:
-        emit_json(report.to_json())
-    else:
-        emit_lines(report.lines())
+    emit_report(args, report)
     return EXIT_OK if report.selection.found else EXIT_NO
 
 
 def provision(args: argparse.Namespace) -> int:
     report = run(manager.provision(args.hosts, args.iface, args.prefer))
-    if args.json:
-        emit_json(report.to_json())
-    else:
-        emit_lines(report.lines())
+    emit_report(args, report)
     return EXIT_OK if report.selection.selection.found else EXIT_NO
 
 
 def check_migration(args: argparse.Namespace) -> int:
     catalog = catalog_from(args)
     report = run(manager.check_migration(args.iface, args.source, args.destination, catalog))
-    if args.json:
-        emit_json(report.to_json())
-    else:
-        emit_lines(report.lines())
+    emit_report(args, report)
     return EXIT_OK if report.compatible else EXIT_NO
 
 
@@ -68,44 +58,37 @@ def _add_prefer(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "select", help="the first version every host publishes",
+    parser = add_command(
+        subparsers, "select", select, summary="the first version every host publishes",
         description="Select the first version (in the first host's preference order) "
                     "that every host publishes. Exit 1 if there is none.")
     parser.add_argument("hosts", nargs="+", metavar="HOST")
     _add_prefer(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=select)
 
-    parser = subparsers.add_parser(
-        "provision", help="select for these hosts, then assign on each of them",
+    parser = add_command(
+        subparsers, "provision", provision,
+        summary="select for these hosts, then assign on each of them",
         description="Select a version for an interface that may run on any of these "
                     "hosts and write it into every host's store. Exit 1 if none.")
     parser.add_argument("hosts", nargs="+", metavar="HOST")
     parser.add_argument("--iface", required=True, metavar="NAME")
     _add_prefer(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=provision)
 
-    parser = subparsers.add_parser(
-        "check-migration", help="can an interface live-migrate to another host?",
+    parser = add_command(
+        subparsers, "check-migration", check_migration, catalog=True,
+        summary="can an interface live-migrate to another host?",
         description="Check, before migrating, that the destination supports the "
                     "interface's version (or an equivalent profile, by content) and what "
                     "the guest negotiated. Exit 0 compatible, 1 incompatible.")
     parser.add_argument("--iface", required=True, metavar="NAME")
     parser.add_argument("--from", dest="source", required=True, metavar="HOST")
     parser.add_argument("--to", dest="destination", required=True, metavar="HOST")
-    add_catalog_option(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=check_migration)
 
-    parser = subparsers.add_parser(
-        "matrix", help="which ordered host pairs can exchange a VM of a version",
+    parser = add_command(
+        subparsers, "matrix", matrix, catalog=True,
+        summary="which ordered host pairs can exchange a VM of a version",
         description="For every ordered pair of hosts, can a VM of this version move? "
                     "Exit 0 if every pair whose source publishes the version can, 1 "
                     "otherwise (or if no host publishes it).")
     parser.add_argument("hosts", nargs="+", metavar="HOST")
     parser.add_argument("--version", required=True, metavar="VERSION")
-    add_catalog_option(parser)
-    add_json_option(parser)
-    parser.set_defaults(handler=matrix)
