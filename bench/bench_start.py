@@ -10,11 +10,13 @@ Each sample starts a fresh backend (not timed), then times QEMU from spawn to:
 
 A backend is any callable taking a run directory and returning an async
 context manager that yields the vhost-user socket path QEMU connects to
-(:data:`BackendFactory`); testpmd is built in, others are plugged in with
+(:data:`BackendFactory`); testpmd and the reference backend
+(:mod:`bench.bench_start_backends`) are built in, others are plugged in with
 ``--backend-factory NAME=package.module:callable``. Backends are measured
 round-robin so that drift of the machine hits them alike.
 
     python -m bench.bench_start --repeat 10 --json
+    python -m bench.bench_start --backend testpmd --backend reference --repeat 10
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from bench.bench_start_backends import reference_backend
 from vhostcompat.errors import InputError, VhostCompatError
 from vhostcompat.lab import qmp
 from vhostcompat.lab.qemu import QemuVm, run_qemu
@@ -53,7 +56,10 @@ async def dpdk_testpmd_backend(run_dir: Path) -> AsyncIterator[Path]:
         yield testpmd.socket_path
 
 
-BUILTIN_BACKENDS: dict[str, BackendFactory] = {"testpmd": dpdk_testpmd_backend}
+BUILTIN_BACKENDS: dict[str, BackendFactory] = {
+    "testpmd": dpdk_testpmd_backend,
+    "reference": reference_backend,
+}
 
 
 @dataclasses.dataclass(frozen=True)

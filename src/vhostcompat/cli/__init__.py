@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.host_commands",
     "vhostcompat.cli.manager_commands",
     "vhostcompat.cli.demo_command",
+    "vhostcompat.cli.backend_commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -1,0 +1,123 @@
+"""Serving the reference backend on a Unix socket: one task per connection.
+
+:func:`serve_backend` listens on a path (the backend is the socket server,
+QEMU's ``-chardev socket,path=...`` connects to it) and gives every accepted
+connection its own task, its own :class:`~vhostcompat.backend.device.NetDevice`
+and its own logger, a child of this module's named after the connection
+(``vhostcompat.backend.server.vhost_sock#2``). Requests and replies are
+logged there at DEBUG (``<-- request`` received, ``--> reply`` sent),
+negotiation milestones at INFO.
+
+Whatever goes wrong on one connection (a message the codec or the session
+refuses, a memory table out of bounds, an unsupported request) is logged as
+one ERROR line naming the connection, its peer and the reason; that
+connection is closed and everything its device holds is released (mappings
+unmapped, eventfds closed). The listener and every other connection carry
+on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from vhostcompat.backend.config import BackendConfig
+from vhostcompat.backend.device import NetDevice
+from vhostcompat.errors import VhostCompatError
+from vhostcompat.transport import FdConnection, Listener, MessageConnection, listen
+from vhostcompat.vhostuser import Channel, Role
+
+_log = logging.getLogger(__name__)
+_PEER_CREDENTIALS = struct.Struct("3i")
+
+
+def peer_description(connection: FdConnection) -> str:
+    """``pid N`` of the process at the other end (SO_PEERCRED), for log lines."""
+    try:
+        with socket.socket(fileno=os.dup(connection.fileno())) as probe:
+            raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                   _PEER_CREDENTIALS.size)
+    except OSError as error:
+        return f"unknown peer ({error.strerror})"
+    pid, uid, _gid = _PEER_CREDENTIALS.unpack(raw)
+    return f"peer pid {pid} uid {uid}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClosedConnection:
+    """How one connection ended: ``reason`` is None when the frontend closed it."""
+
+    name: str
+    peer: str
+    reason: str | None
+    device: NetDevice
+
+
+class BackendServer:
+    """The reference backend listening on ``path``; see :func:`serve_backend`."""
+
+    def __init__(self, config: BackendConfig, path: str | os.PathLike[str]) -> None:
+        self.config = config
+        self.path = Path(path)
+        self.devices: dict[str, NetDevice] = {}
+        """The devices of the connections being served, by connection name."""
+        self.closed: list[ClosedConnection] = []
+        """Every connection that ended, in order, with its (closed) device."""
+        self._listener: Listener | None = None
+
+    async def start(self) -> None:
+        for warning in self.config.warnings():
+            _log.warning("%s", warning)
+        self._listener = await listen(self.path, self._serve)
+        _log.info("listening on %s: %s", self.path, self.config.describe())
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, remove the socket file."""
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+            self._listener = None
+
+    async def _serve(self, connection: FdConnection) -> None:
+        log = _log.getChild(connection.name.replace(".", "_"))
+        peer = peer_description(connection)
+        messages = MessageConnection(connection, Channel.FRONTEND, Role.BACKEND)
+        messages.log = log
+        device = NetDevice(self.config, log)
+        self.devices[connection.name] = device
+        log.info("connected: %s", peer)
+        reason: str | None = None
+        try:
+            while (message := await messages.recv_message()) is not None:
+                reply = device.handle(message)
+                if reply is not None:
+                    await messages.send_message(reply)
+            log.info("%s closed the connection", peer)
+        except VhostCompatError as error:
+            reason = str(error)
+            log.error("%s: %s: closing the connection: %s", connection.name, peer, error)
+        finally:
+            # Released before the socket closes: once the frontend sees EOF,
+            # nothing of its connection is held here any more.
+            device.close()
+            del self.devices[connection.name]
+            self.closed.append(ClosedConnection(connection.name, peer, reason, device))
+            messages.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_backend(config: BackendConfig,
+                        path: str | os.PathLike[str]) -> AsyncIterator[BackendServer]:
+    """Serve ``config``'s offer on the Unix socket ``path`` until the block exits."""
+    server = BackendServer(config, path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
