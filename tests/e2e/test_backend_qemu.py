@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import tempfile
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bench.bench_start import BUILTIN_BACKENDS, measure_once
 from bench.bench_start_backends import reference_backend
 
+from tests.e2e.helpers import SCENARIO_TIMEOUT
+from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
 from vhostcompat.backend import BackendConfig, NetDevice
 from vhostcompat.features import VirtioFeature, format_mask
@@ -60,7 +58,6 @@ from vhostcompat.profiles import load_catalog, load_default_catalog
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 F = VirtioFeature
-SCENARIO_TIMEOUT = 60.0
 VHOST_TIMEOUT = 10.0
 V27, V26 = "upstream.ovs-dpdk.v2.7", "upstream.ovs-dpdk.v2.6"
 CATALOG = load_default_catalog()
@@ -77,19 +74,6 @@ def require_qemu() -> None:
     require_tool("qemu-system-x86_64")
 
 
-@pytest.fixture
-def lab_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-be-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(SCENARIO_TIMEOUT):
-            await scenario
-
-    asyncio.run(bounded())
 
 
 def reference(version: str) -> InProcessReferenceBackend:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
 from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
 from vhostcompat.lab import qmp
@@ -37,7 +36,6 @@ from vhostcompat.lab.testpmd import RunningTestpmd, TestpmdConfig, run_testpmd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-SCENARIO_TIMEOUT = 60.0
 VHOST_TIMEOUT = 10.0
 
 F = VirtioFeature
@@ -68,20 +66,6 @@ def require_lab() -> None:
     require_tool("qemu-system-x86_64", "dpdk-testpmd")
 
 
-@pytest.fixture
-def lab_dir() -> Iterator[Path]:
-    # Short: unix socket paths must stay under 108 bytes.
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-lab-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(SCENARIO_TIMEOUT):
-            await scenario
-
-    asyncio.run(bounded())
 
 
 Host = tuple[RunningTestpmd, RunningQemu]

@@ -10,17 +10,13 @@ profile written from those measurements answers the probe identically.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 import sys
-import tempfile
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.lab import qmp
@@ -33,7 +29,6 @@ from vhostcompat.probe import probe
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 F = VirtioFeature
-SCENARIO_TIMEOUT = 60.0
 TESTPMD_FEATURES = F(0xD7C66E7CB)
 TESTPMD_TSO_FEATURES = F(0xD7C66FFCB)
 TESTPMD_PROTOCOL = ProtocolFeature(0x10CBF)
@@ -41,19 +36,6 @@ TESTPMD_QUEUE_PAIRS = 128  # whatever queues= says (FIELD-NOTES)
 DPDK_PROFILE = "debian12.dpdk-vhost.v22.11"
 
 
-@pytest.fixture
-def lab_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-pr-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(SCENARIO_TIMEOUT):
-            await scenario
-
-    asyncio.run(bounded())
 
 
 async def probe_command(run_dir: Path, socket_path: Path, *options: str) -> tuple[int, str]:
