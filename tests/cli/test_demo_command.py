@@ -39,5 +39,5 @@ def test_an_added_act_runs_after_the_others_and_can_fail(tmp_path: Path) -> None
     status = run_demo([*ACTS, Act("Later", later_act)], out=out, workdir=tmp_path / "w")
     assert status == 1
     assert seen == ["w"]
-    assert "== Act 7: Later" in out.getvalue()
+    assert f"== Act {len(ACTS) + 1}: Later" in out.getvalue()
     assert "  - a deliberate surprise" in out.getvalue()

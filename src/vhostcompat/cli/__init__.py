@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.manager_commands",
     "vhostcompat.cli.demo_command",
     "vhostcompat.cli.backend_commands",
+    "vhostcompat.cli.proxy_commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

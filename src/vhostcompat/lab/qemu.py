@@ -74,6 +74,9 @@ class QemuVm:
     virtio-net-pci`` properties, e.g. ``{"indirect_desc": "off"}``.
     ``incoming``: a migration URI such as ``unix:/tmp/x/mig`` (destination).
     ``paused``: start with ``-S``; ``cont`` is then up to the caller.
+    ``reconnect``: as the socket's client, reconnect this many seconds after
+    the backend closes (chardev ``reconnect=N``), as needed to survive a
+    backend restart.
     """
 
     socket_path: Path
@@ -89,6 +92,7 @@ class QemuVm:
     paused: bool = False
     device_id: str = DEFAULT_DEVICE_ID
     binary: str = QEMU_BINARY
+    reconnect: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.queues <= MAX_QUEUES:
@@ -101,6 +105,9 @@ class QemuVm:
                                      not MIN_QUEUE_SIZE <= size <= MAX_QUEUE_SIZE):
                 raise InputError(f"{name} must be a power of 2 in {MIN_QUEUE_SIZE}.."
                                  f"{MAX_QUEUE_SIZE}, not {size}")
+        if self.reconnect is not None and (self.chardev_server or self.reconnect < 1):
+            raise InputError("reconnect needs QEMU as the socket's client and at least 1 s, "
+                             f"not {self.reconnect} (chardev_server={self.chardev_server})")
         if self.memory_mib < 16:
             raise InputError(f"memory_mib must be at least 16, not {self.memory_mib}")
         if not _PROPERTY_NAME.fullmatch(self.device_id):
@@ -153,6 +160,8 @@ def qemu_argv(vm: QemuVm, paths: QemuPaths) -> list[str]:
     chardev = f"socket,id=c0,path={_option_value(vm.socket_path)}"
     if vm.chardev_server:
         chardev += ",server=on,wait=off"
+    if vm.reconnect is not None:
+        chardev += f",reconnect={vm.reconnect}"
     netdev = "vhost-user,id=n0,chardev=c0"
     if vm.queues > 1:
         netdev += f",queues={vm.queues}"

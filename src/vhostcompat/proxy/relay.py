@@ -1,0 +1,451 @@
+"""One proxied vhost-user connection: front-end <-> proxy <-> back-end, in asyncio.
+
+A :class:`Relay` joins a front-end connection (QEMU) and a back-end
+connection (DPDK, OVS, any vhost-user back-end) and runs until one of them
+closes, misbehaves or the mode refuses a request. Messages are decoded and
+checked, and forwarded with their fds (shared memory, kick/call eventfds):
+the data path itself never crosses the proxy.
+
+Per message:
+
+* front-end request: the mode's check (:meth:`ProxyPolicy.check`), then the
+  front-end session's rules (``Session(Role.BACKEND)``, the profile's limits),
+  then the back-end session's, then it is forwarded. A reply owed by the
+  back-end starts a timer: a back-end that does not answer in
+  ``reply_timeout`` seconds ends the relay with an ERROR naming the request,
+  instead of hanging QEMU forever;
+* back-end reply: matched to its request by the back-end session, then the
+  answers the mode changes are rewritten (GET_FEATURES, GET_PROTOCOL_FEATURES,
+  GET_QUEUE_NUM), then forwarded;
+* SET_BACKEND_REQ_FD: the back-end channel is relayed too. The proxy hands
+  the back-end one end of a socket pair of its own and relays between it and
+  the front-end's socket, so back-end requests (and fds) are checked the
+  same way.
+
+Whatever ends a relay, every socket and fd it holds is closed and its tasks
+are finished before :meth:`Relay.run` returns its :class:`RelayResult`; one
+relay's failure never touches another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, NoReturn, Protocol
+
+from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
+from vhostcompat.features import ProtocolFeature, VirtioFeature
+from vhostcompat.proxy.policy import (
+    Negotiated,
+    Offer,
+    ProxyPolicy,
+    Refusal,
+    negotiated_from,
+)
+from vhostcompat.transport import FdConnection, MessageConnection, TransportError
+from vhostcompat.vhostuser import (
+    U64,
+    Channel,
+    FrontendRequest,
+    Message,
+    RemoteMessageError,
+    Role,
+    Session,
+    close_fds,
+)
+
+_log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT = 5.0
+
+# Front-end requests after which the negotiated state may have changed.
+_STATE_REQUESTS = frozenset({
+    FrontendRequest.SET_FEATURES, FrontendRequest.SET_PROTOCOL_FEATURES,
+    FrontendRequest.SET_VRING_NUM, FrontendRequest.SET_VRING_KICK,
+    FrontendRequest.GET_VRING_BASE, FrontendRequest.RESET_OWNER,
+    FrontendRequest.RESET_DEVICE, FrontendRequest.VRING_KICK,
+})
+
+
+class _Named(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefix every line with the relay's name."""
+
+    def __init__(self, logger: logging.Logger, prefix: str) -> None:
+        super().__init__(logger, {})
+        self.prefix = prefix
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any],
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"{self.prefix}: {msg}", kwargs
+
+
+class Side(enum.Enum):
+    FRONTEND = "front-end"
+    BACKEND = "back-end"
+
+
+class RelayOutcome(enum.Enum):
+    """Why a relay ended."""
+
+    FRONTEND_CLOSED = "the front-end closed the connection"
+    BACKEND_CLOSED = "the back-end closed the connection"
+    REFUSED = "the compatibility mode refused a request"
+    FRONTEND_ERROR = "the front-end broke the protocol"
+    BACKEND_ERROR = "the back-end broke the protocol"
+    BACKEND_TIMEOUT = "the back-end did not answer in time"
+    INTERNAL_ERROR = "the proxy failed"
+    CANCELLED = "the proxy stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayResult:
+    outcome: RelayOutcome
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.outcome.value}: {self.detail}" if self.detail else self.outcome.value
+
+
+class RelayObserver(Protocol):
+    """What a relay tells its owner as it goes (the status board implements it)."""
+
+    def record_offer(self, offer: Offer) -> None: ...
+
+    def record_negotiated(self, negotiated: Negotiated) -> None: ...
+
+    def record_refusal(self, refusal: Refusal) -> None: ...
+
+
+class _NullObserver:
+    def record_offer(self, offer: Offer) -> None:
+        pass
+
+    def record_negotiated(self, negotiated: Negotiated) -> None:
+        pass
+
+    def record_refusal(self, refusal: Refusal) -> None:
+        pass
+
+
+class _End(Exception):
+    """Raised inside a pump to end the relay with a result."""
+
+    def __init__(self, result: RelayResult) -> None:
+        super().__init__(str(result))
+        self.result = result
+
+
+def _end(outcome: RelayOutcome, detail: str = "") -> NoReturn:
+    raise _End(RelayResult(outcome, detail))
+
+
+_CLOSED = {Side.FRONTEND: RelayOutcome.FRONTEND_CLOSED, Side.BACKEND: RelayOutcome.BACKEND_CLOSED}
+_BROKE = {Side.FRONTEND: RelayOutcome.FRONTEND_ERROR, Side.BACKEND: RelayOutcome.BACKEND_ERROR}
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A request whose reply the back-end owes, with its timeout timer."""
+
+    request: FrontendRequest
+    timer: asyncio.TimerHandle
+
+
+class Relay:
+    """Relay one front-end connection to one back-end connection in a mode."""
+
+    def __init__(self, policy: ProxyPolicy, frontend: FdConnection, backend: FdConnection, *,
+                 reply_timeout: float = REPLY_TIMEOUT, observer: RelayObserver | None = None,
+                 name: str = "relay") -> None:
+        self.policy = policy
+        self.reply_timeout = reply_timeout
+        self.observer: RelayObserver = observer or _NullObserver()
+        # One logger for every relay, the connection named in each line: a
+        # child logger per connection would stay registered forever.
+        self.log = _Named(_log, name)
+        self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND)
+        self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND)
+        # The front-end sees us as its back-end, in the mode's limits; the
+        # back-end sees us as its front-end.
+        self.frontend_session = Session(Role.BACKEND, limits=policy.session_limits())
+        self.backend_session = Session(Role.FRONTEND)
+        self._pending: deque[_Pending] = deque()
+        self._channel: tuple[MessageConnection, MessageConnection] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ended: asyncio.Future[RelayResult] | None = None
+        self.messages = 0
+        self.offers: dict[FrontendRequest, Offer] = {}
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> RelayResult:
+        """Relay until one side closes or fails; everything is closed on return."""
+        loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
+        self._spawn(self._frontend_requests, Side.FRONTEND, "front-end requests")
+        self._spawn(self._backend_replies, Side.BACKEND, "back-end replies")
+        try:
+            result = await self._ended
+        except asyncio.CancelledError:
+            self._finish(RelayResult(RelayOutcome.CANCELLED, ""))
+            raise
+        finally:
+            await self._shutdown()
+        self._report_end(result)
+        return result
+
+    def _spawn(self, body: Callable[[], Awaitable[None]], side: Side, what: str) -> None:
+        task = asyncio.create_task(self._pump(body, side, what), name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, body: Callable[[], Awaitable[None]], side: Side, what: str) -> None:
+        try:
+            await body()
+        except _End as end:
+            self._finish(end.result)
+        except RemoteProtocolError as error:
+            self._finish(RelayResult(_BROKE[side], str(error)))
+        except TransportError as error:
+            self._finish(RelayResult(_CLOSED[side], str(error)))
+        except LocalProtocolError as error:
+            self.log.error("%s: internal error: %s", what, error)
+            self._finish(RelayResult(RelayOutcome.INTERNAL_ERROR, str(error)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.log.exception("%s crashed", what)
+            self._finish(RelayResult(RelayOutcome.INTERNAL_ERROR, repr(error)))
+
+    def _finish(self, result: RelayResult) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(result)
+
+    async def _shutdown(self) -> None:
+        for pending in self._pending:
+            pending.timer.cancel()
+        self._pending.clear()
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_channel()
+        self._frontend.close()
+        self._backend.close()
+
+    def _report_end(self, result: RelayResult) -> None:
+        match result.outcome:
+            case RelayOutcome.FRONTEND_CLOSED | RelayOutcome.CANCELLED:
+                self.log.info("%s; back-end connection closed", result)
+            case RelayOutcome.BACKEND_CLOSED:
+                self.log.warning("%s; front-end connection closed", result)
+            case RelayOutcome.REFUSED:
+                pass  # logged at ERROR when refused
+            case _:
+                self.log.error("%s; both connections closed", result)
+
+    # -- front-end -> back-end ----------------------------------------------------------
+
+    async def _frontend_requests(self) -> None:
+        while True:
+            message = await self._frontend.recv_message()
+            if message is None:
+                self._closed_by_frontend()
+            self.messages += 1
+            await self._forward_request(message)
+
+    def _closed_by_frontend(self) -> NoReturn:
+        queue_offer = self.offers.get(FrontendRequest.GET_QUEUE_NUM)
+        session = self.frontend_session
+        if (queue_offer is not None and queue_offer.offered < queue_offer.backend
+                and session.acked_features is None and not session.started_rings()):
+            # QEMU gives up during its start-up (before any SET_FEATURES)
+            # when it wants more queue pairs than GET_QUEUE_NUM allowed, and
+            # retries at once: that is the mode refusing the interface, so
+            # say which limit it was.
+            self._refuse(Refusal(
+                FrontendRequest.GET_QUEUE_NUM,
+                f"the front-end closed the connection after GET_QUEUE_NUM was answered "
+                f"{queue_offer.offered}: it asks for more queue pairs than max_queue_pairs "
+                f"{self.policy.profile.max_queue_pairs} of mode {self.policy.version} (the "
+                f"back-end offers {queue_offer.backend})"))
+        _end(RelayOutcome.FRONTEND_CLOSED)
+
+    def _refuse(self, refusal: Refusal) -> NoReturn:
+        self.log.error("%s", refusal)
+        self.observer.record_refusal(refusal)
+        _end(RelayOutcome.REFUSED, str(refusal))
+
+    async def _forward_request(self, message: Message) -> None:
+        outgoing = message
+        owned = True  # whether outgoing.fds are still ours to close
+        try:
+            refusal = self.policy.check(message, self.frontend_session)
+            if refusal is not None:
+                self._refuse(refusal)
+            try:
+                self.frontend_session.receive(message)
+            except RemoteMessageError:
+                owned = False  # the session closed them
+                raise
+            if message.request is FrontendRequest.SET_BACKEND_REQ_FD:
+                outgoing = self._open_backend_channel(message)
+            self.backend_session.send(outgoing)
+            if self.backend_session.reply_expected(outgoing):
+                self._expect_reply(outgoing)
+            await self._send(self._backend, Side.BACKEND, outgoing)
+        finally:
+            if owned:
+                close_fds(outgoing.fds)
+        if message.request in _STATE_REQUESTS:
+            self.observer.record_negotiated(negotiated_from(self.frontend_session))
+
+    def _expect_reply(self, message: Message) -> None:
+        assert isinstance(message.request, FrontendRequest)
+        loop = asyncio.get_running_loop()
+        request = message.request
+        timer = loop.call_later(self.reply_timeout, self._reply_timed_out, request)
+        self._pending.append(_Pending(request, timer))
+
+    def _reply_timed_out(self, request: FrontendRequest) -> None:
+        self._finish(RelayResult(
+            RelayOutcome.BACKEND_TIMEOUT,
+            f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
+            "closing the front-end connection"))
+
+    async def _send(self, connection: MessageConnection, side: Side, message: Message) -> None:
+        try:
+            await connection.send_message(message)
+        except TransportError as error:
+            _end(_CLOSED[side], str(error))
+
+    # -- back-end -> front-end ----------------------------------------------------------
+
+    async def _backend_replies(self) -> None:
+        while True:
+            reply = await self._backend.recv_message()
+            if reply is None:
+                _end(RelayOutcome.BACKEND_CLOSED, "")
+            self.messages += 1
+            await self._forward_reply(reply)
+
+    async def _forward_reply(self, reply: Message) -> None:
+        outgoing = reply
+        owned = True
+        try:
+            try:
+                self.backend_session.receive(reply)
+            except RemoteMessageError:
+                owned = False
+                raise
+            if self._pending:
+                self._pending.popleft().timer.cancel()
+            outgoing = self._apply_offer(reply)
+            self.frontend_session.send(outgoing)
+            await self._send(self._frontend, Side.FRONTEND, outgoing)
+        finally:
+            if owned:
+                close_fds(outgoing.fds)
+
+    def _apply_offer(self, reply: Message) -> Message:
+        request = reply.request
+        if request not in (FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
+                           FrontendRequest.GET_QUEUE_NUM) or not isinstance(reply.payload, U64):
+            return reply
+        assert isinstance(request, FrontendRequest)
+        offer = self.policy.offer(request, reply.payload.value)
+        if self.offers.get(request) != offer:
+            # QEMU asks GET_FEATURES twice per connection: say it once.
+            self.log.info("%s", offer.describe(self.policy.version))
+            if request is FrontendRequest.GET_FEATURES:
+                blockers = self.policy.migration_blockers(VirtioFeature(offer.offered), None)
+            elif request is FrontendRequest.GET_PROTOCOL_FEATURES:
+                blockers = self.policy.migration_blockers(None, ProtocolFeature(offer.offered))
+            else:
+                blockers = []
+            for blocker in blockers:
+                self.log.warning("mode %s: QEMU will not migrate this device: %s",
+                                 self.policy.version, blocker)
+        self.offers[request] = offer
+        self.observer.record_offer(offer)
+        return dataclasses.replace(reply, payload=U64(offer.offered))
+
+    # -- the back-end channel (SET_BACKEND_REQ_FD) ------------------------------------
+
+    def _open_backend_channel(self, message: Message) -> Message:
+        """Interpose on the back-end channel; returns the message to forward.
+
+        The front-end's fd becomes our socket towards it (owned from here);
+        the forwarded message carries the back-end's end of a new socket pair.
+        """
+        self._close_channel()
+        (frontend_fd,) = message.fds
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Takes ownership of the fd only when it succeeds.
+            frontend_socket = socket.socket(fileno=frontend_fd)
+        except OSError as error:
+            ours.close()
+            theirs.close()
+            raise RemoteMessageError(f"the back-end channel fd is not a socket: {error}",
+                                     request=message.request) from None
+        to_frontend = MessageConnection(FdConnection(frontend_socket, name="channel-front"),
+                                        Channel.BACKEND, Role.BACKEND)
+        to_backend = MessageConnection(FdConnection(ours, name="channel-back"),
+                                       Channel.BACKEND, Role.FRONTEND)
+        self._channel = (to_frontend, to_backend)
+        self._spawn(self._channel_requests, Side.BACKEND, "back-end channel requests")
+        self._spawn(self._channel_replies, Side.FRONTEND, "back-end channel replies")
+        return dataclasses.replace(message, fds=(theirs.detach(),))
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            for connection in self._channel:
+                connection.close()
+            self._channel = None
+
+    async def _channel_requests(self) -> None:
+        assert self._channel is not None
+        to_frontend, to_backend = self._channel
+        while True:
+            request = await to_backend.recv_message()
+            if request is None:
+                self.log.info("the back-end closed its back-end channel")
+                return
+            self.messages += 1
+            await self._relay_on_channel(request, self.backend_session, self.frontend_session,
+                                         to_frontend, Side.FRONTEND)
+
+    async def _channel_replies(self) -> None:
+        assert self._channel is not None
+        to_frontend, to_backend = self._channel
+        while True:
+            reply = await to_frontend.recv_message()
+            if reply is None:
+                self.log.info("the front-end closed the back-end channel")
+                return
+            self.messages += 1
+            await self._relay_on_channel(reply, self.frontend_session, self.backend_session,
+                                         to_backend, Side.BACKEND)
+
+    async def _relay_on_channel(self, message: Message, receiver: Session, sender: Session,
+                                destination: MessageConnection, side: Side) -> None:
+        owned = True
+        try:
+            try:
+                receiver.receive(message)
+            except RemoteMessageError:
+                owned = False
+                raise
+            sender.send(message)
+            await self._send(destination, side, message)
+        finally:
+            if owned:
+                close_fds(message.fds)
+

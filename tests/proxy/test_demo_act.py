@@ -1,0 +1,33 @@
+"""The demo's real act says clearly what it skipped when QEMU or DPDK is missing."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vhostcompat.demo import ACTS, Act, act_real_story, run_demo
+
+
+def test_the_real_act_is_the_last_one() -> None:
+    assert ACTS[-1].play is act_real_story
+
+
+@pytest.mark.parametrize("absent", [("dpdk-testpmd",), ("qemu-system-x86_64", "dpdk-testpmd")])
+def test_without_qemu_or_dpdk_the_real_act_says_what_it_skipped_and_why(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, absent: tuple[str, ...]) -> None:
+    real_which = shutil.which
+
+    def which(command: str) -> str | None:
+        return None if command in absent else real_which(command)
+
+    monkeypatch.setattr(shutil, "which", which)
+    out = io.StringIO()
+    status = run_demo([Act("Real", act_real_story)], out=out, workdir=tmp_path / "w")
+    text = out.getvalue()
+    assert status == 0, text
+    assert f"  Skipped: not on the PATH: {', '.join(absent)}\n" in text
+    assert "scripts/setup.sh installs them" in " ".join(text.split())
+    assert not (tmp_path / "w" / "lab-a").exists()  # nothing was played

@@ -1,0 +1,46 @@
+"""The lab pieces the proxy story adds: the proxy's command line, QEMU's reconnect option."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from vhostcompat.errors import InputError
+from vhostcompat.lab.hosts import HostConfig, ProxyConfig, proxy_argv
+from vhostcompat.lab.qemu import QemuPaths, QemuVm, qemu_argv
+
+
+def test_proxy_argv_runs_this_python_with_every_option() -> None:
+    config = ProxyConfig(frontend="/t/a.sock:client", backend="/t/b.sock:server",
+                         status_file=Path("/t/s.json"), profile="v1",
+                         catalogs=(Path("/t/c.toml"),), db="/t/host", iface="vhu0",
+                         reply_timeout=0.5, backend_timeout=3, debug=True)
+    assert proxy_argv(config) == [
+        sys.executable, "-m", "vhostcompat.cli", "-vv", "proxy",
+        "--frontend", "/t/a.sock:client", "--backend", "/t/b.sock:server",
+        "--status-file", "/t/s.json", "--profile", "v1", "--catalog", "/t/c.toml",
+        "--db", "/t/host", "--iface", "vhu0", "--reply-timeout", "0.5",
+        "--backend-timeout", "3"]
+    minimal = ProxyConfig(frontend="/t/a.sock", backend="/t/b.sock",
+                          status_file=Path("/t/s.json"), db="/t/host", iface="vhu0")
+    assert "--profile" not in proxy_argv(minimal) and "-vv" not in proxy_argv(minimal)
+
+
+def test_a_host_is_proxied_when_it_has_a_mode_or_a_store() -> None:
+    assert not HostConfig("a").proxied
+    assert HostConfig("a", mode="v1").proxied
+    assert HostConfig("a", db="/t/host", iface="vhu0").proxied
+
+
+def test_qemu_reconnect_goes_on_the_client_chardev(tmp_path: Path) -> None:
+    paths = QemuPaths.in_directory(tmp_path, "q")
+    argv = qemu_argv(QemuVm(tmp_path / "a.sock", reconnect=1), paths)
+    assert argv[argv.index("-chardev") + 1] == f"socket,id=c0,path={tmp_path}/a.sock,reconnect=1"
+    plain = qemu_argv(QemuVm(tmp_path / "a.sock"), paths)
+    assert plain[plain.index("-chardev") + 1] == f"socket,id=c0,path={tmp_path}/a.sock"
+    with pytest.raises(InputError, match="reconnect needs QEMU as the socket's client"):
+        QemuVm(tmp_path / "a.sock", chardev_server=True, reconnect=1)
+    with pytest.raises(InputError):
+        QemuVm(tmp_path / "a.sock", reconnect=0)
