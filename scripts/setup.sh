@@ -5,25 +5,45 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(qemu-system-x86 openvswitch-common openvswitch-switch dpdk dpdk-dev)
+# dpdk only *recommends* the vhost PMD and the ring mempool that testpmd needs:
+# keep recommends on, and name those two so they can never be dropped.
+DEBIAN_PACKAGES=(qemu-system-x86 openvswitch-common openvswitch-switch dpdk dpdk-dev
+                 librte-net-vhost23 librte-mempool-ring23)
 COMMANDS=(qemu-system-x86_64 ovsdb-server ovsdb-tool ovs-vsctl dpdk-testpmd)
 
-missing_commands() {
-    local cmd
-    for cmd in "${COMMANDS[@]}"; do
-        command -v "$cmd" >/dev/null 2>&1 || echo "$cmd"
-    done
+missing() {
+    local item
+    if command -v dpkg-query >/dev/null 2>&1; then
+        for item in "${DEBIAN_PACKAGES[@]}"; do
+            dpkg-query -W -f='${Status}\n' "$item" 2>/dev/null |
+                grep -q "install ok installed" || echo "$item"
+        done
+    else
+        for item in "${COMMANDS[@]}"; do
+            command -v "$item" >/dev/null 2>&1 || echo "$item"
+        done
+    fi
 }
 
-if [ -n "$(missing_commands)" ]; then
+if [ -n "$(missing)" ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing Debian packages: ${DEBIAN_PACKAGES[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}" >/dev/null
+        # A mirror hiccup should not fail a whole CI run: three bounded tries.
+        for attempt in 1 2 3; do
+            if apt-get update -q >/dev/null &&
+               apt-get install -y -q "${DEBIAN_PACKAGES[@]}" >/dev/null; then
+                break
+            fi
+            if [ "$attempt" -eq 3 ]; then
+                echo "setup: apt-get failed three times" >&2
+                exit 1
+            fi
+            sleep $((attempt * 5))
+        done
     else
         echo "setup: not root (or no apt-get): not installing ${DEBIAN_PACKAGES[*]};" \
-             "tests needing $(missing_commands | tr '\n' ' ')will skip outside CI" >&2
+             "tests needing $(missing | tr '\n' ' ')will skip outside CI" >&2
     fi
 fi
 
