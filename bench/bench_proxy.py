@@ -23,23 +23,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.bench_start import PHASES, BackendFactory, Sample, compare, dpdk_testpmd_backend
-from vhostcompat.errors import InputError, VhostCompatError
+from bench.bench_start import PHASES, Sample, compare, dpdk_testpmd_backend, summarise
+from bench.common import (
+    BenchBackend,
+    Document,
+    bench_backend,
+    bench_parser,
+    check_repeat,
+    run_bench,
+)
+from vhostcompat.errors import InputError
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
-from vhostcompat.lab.hosts import HostConfig, run_backend, run_hosts
+from vhostcompat.lab.commands import ProxyMode
+from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 from vhostcompat.profiles import CompatProfile
 from vhostcompat.proxy import ProxyPolicy, Relay
 from vhostcompat.transport import FdConnection, MessageConnection
@@ -54,14 +61,10 @@ CONTROL_SECONDS = 2.0
 DIRECT, PROXIED = "direct", "proxy"
 
 
-@contextlib.asynccontextmanager
-async def proxied_testpmd_backend(run_dir: Path) -> AsyncIterator[Path]:
-    """testpmd behind ``vhostcompat proxy`` in testpmd's own version; the proxy's socket."""
-    async with run_backend(run_dir, HostConfig("vhost", mode=MODE)) as (_, _, socket_path):
-        yield socket_path
+# testpmd behind ``vhostcompat proxy`` in testpmd's own version; the proxy's socket.
+proxied_testpmd_backend = bench_backend(dpdk_testpmd(), ProxyMode(MODE))
 
-
-START_BACKENDS: dict[str, BackendFactory] = {
+START_BACKENDS: dict[str, BenchBackend] = {
     DIRECT: dpdk_testpmd_backend, PROXIED: proxied_testpmd_backend}
 
 
@@ -71,11 +74,11 @@ async def migrate_once(proxied: bool) -> dict[str, Any]:
     """One migration between two fresh hosts; QEMU's final query-migrate answer."""
     run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
     uri = f"unix:{run_dir / 'migration.sock'}"
-    mode = MODE if proxied else None
-    configs = [HostConfig("a", mode=mode),
-               HostConfig("b", mode=mode, vm_options={"incoming": uri, "qtest": False})]
+    mode = ProxyMode(MODE) if proxied else None
     try:
-        async with asyncio.timeout(SAMPLE_TIMEOUT), run_hosts(run_dir, configs) as (a, b):
+        async with asyncio.timeout(SAMPLE_TIMEOUT), source_and_destination(
+                run_dir, uri, dpdk_testpmd(), dpdk_testpmd(), source_proxy=mode,
+                destination_proxy=mode) as (a, b):
             await a.qemu.driver().initialise()
             await qmp.wait_for_vhost_started(a.qemu, VHOST_TIMEOUT)
             result = await qmp.migrate(a.qemu, b.qemu, uri)
@@ -159,8 +162,9 @@ def _ratio(proxied: float, direct: float) -> float | None:
 
 def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Sequence[Mapping[
         str, int]]], control: Mapping[str, Sequence[float]], repeat: int) -> dict[str, Any]:
-    start_medians = {name: {phase: _median([getattr(s, phase) * 1e3 for s in samples])
-                            for phase in PHASES} for name, samples in start.items()}
+    start_medians = {name: {phase: summary["median_ms"]
+                            for phase, summary in summarise(samples).items()}
+                     for name, samples in start.items()}
     migration_medians = {name: {key: _median([s[key] for s in samples])
                                 for key in ("downtime_ms", "total_time_ms")}
                          for name, samples in migrations.items()}
@@ -175,8 +179,7 @@ def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Seque
         "start_ms": {"median": start_medians,
                      "ratio": {phase: _ratio(start_medians[PROXIED][phase],
                                              start_medians[DIRECT][phase]) for phase in PHASES},
-                     "samples": {name: [{phase: round(getattr(s, phase) * 1e3, 1)
-                                         for phase in PHASES} for s in samples]
+                     "samples": {name: [sample.milliseconds() for sample in samples]
                                  for name, samples in start.items()}},
         "migration_ms": {"median": migration_medians,
                          "downtime_mean": downtime_means,
@@ -194,7 +197,7 @@ def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Seque
     }
 
 
-def render(document: Mapping[str, Any]) -> str:
+def render(document: Document) -> str:
     start = document["start_ms"]
     migration = document["migration_ms"]
     control = document["control_round_trips_per_s"]
@@ -226,30 +229,25 @@ async def measure(repeat: int, control_seconds: float) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_proxy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("bench_proxy", __doc__)
     parser.add_argument("--repeat", type=int, default=10,
                         help="samples of each (default 10: migration downtime is noisy)")
     parser.add_argument("--control-seconds", type=float, default=CONTROL_SECONDS,
                         help=f"time spent on the control-message rate (default "
                              f"{CONTROL_SECONDS:g})")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.repeat < 1:
-            raise InputError("--repeat must be at least 1")
+
+    def checked_measure() -> Document:
+        check_repeat(args.repeat)
         if args.control_seconds <= 0:
             raise InputError("--control-seconds must be positive")
-        document = asyncio.run(measure(args.repeat, args.control_seconds))
-    except VhostCompatError as error:
-        print(f"bench_proxy: {error}", file=sys.stderr)
-        return error.exit_status
-    print(json.dumps(document, indent=2) if args.json else render(document))
-    return 0
+        return asyncio.run(measure(args.repeat, args.control_seconds))
+
+    return run_bench("bench_proxy", checked_measure, render, args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Each sample starts a fresh backend (not timed), then times QEMU from spawn to:
 
 A backend is any callable taking a run directory and returning an async
 context manager that yields the vhost-user socket path QEMU connects to
-(:data:`BackendFactory`); testpmd and the reference backend
+(:data:`bench.common.BenchBackend`); testpmd and the reference backend
 (:mod:`bench.bench_start_backends`) are built in, others are plugged in with
 ``--backend-factory NAME=package.module:callable``. Backends are measured
 round-robin so that drift of the machine hits them alike.
@@ -23,40 +23,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import importlib
-import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.bench_start_backends import reference_backend
-from vhostcompat.errors import InputError, VhostCompatError
+from bench.common import (
+    BenchBackend,
+    Document,
+    bench_backend,
+    bench_parser,
+    check_repeat,
+    run_bench,
+)
+from vhostcompat.errors import InputError
 from vhostcompat.lab import qmp
+from vhostcompat.lab.hosts import dpdk_testpmd
 from vhostcompat.lab.qemu import QemuVm, run_qemu
-from vhostcompat.lab.testpmd import TestpmdConfig, run_testpmd
 
-BackendFactory = Callable[[Path], AbstractAsyncContextManager[Path]]
 PHASES = ("qmp_ready", "driver_ok", "vhost_started")
 VHOST_TIMEOUT = 10.0
 SAMPLE_TIMEOUT = 60.0
 
 
-@contextlib.asynccontextmanager
-async def dpdk_testpmd_backend(run_dir: Path) -> AsyncIterator[Path]:
-    """DPDK testpmd (interactive, tso=0) listening on a socket in ``run_dir``."""
-    async with run_testpmd(TestpmdConfig(run_dir / "vhost.sock"), run_dir) as testpmd:
-        yield testpmd.socket_path
+# DPDK testpmd (interactive, tso=0) listening on a socket in the run directory.
+dpdk_testpmd_backend = bench_backend(dpdk_testpmd())
 
-
-BUILTIN_BACKENDS: dict[str, BackendFactory] = {
+BUILTIN_BACKENDS: dict[str, BenchBackend] = {
     "testpmd": dpdk_testpmd_backend,
     "reference": reference_backend,
 }
@@ -70,8 +70,12 @@ class Sample:
     driver_ok: float
     vhost_started: float
 
+    def milliseconds(self) -> dict[str, float]:
+        """Each phase in milliseconds (rounded to 0.1)."""
+        return {phase: round(getattr(self, phase) * 1e3, 1) for phase in PHASES}
 
-async def measure_once(backend: BackendFactory) -> Sample:
+
+async def measure_once(backend: BenchBackend) -> Sample:
     """One sample in a fresh short run directory (removed afterwards)."""
     run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
     try:
@@ -88,7 +92,7 @@ async def measure_once(backend: BackendFactory) -> Sample:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def compare(backends: Mapping[str, BackendFactory], repeat: int) -> dict[str, list[Sample]]:
+async def compare(backends: Mapping[str, BenchBackend], repeat: int) -> dict[str, list[Sample]]:
     """``repeat`` samples of every backend, taken round-robin."""
     samples: dict[str, list[Sample]] = {name: [] for name in backends}
     for _ in range(repeat):
@@ -114,14 +118,13 @@ def report(samples: Mapping[str, Sequence[Sample]], repeat: int) -> dict[str, An
         "repeat": repeat,
         "backends": {
             name: {"summary": summarise(runs),
-                   "samples_ms": [{phase: round(getattr(s, phase) * 1e3, 1) for phase in PHASES}
-                                  for s in runs]}
+                   "samples_ms": [sample.milliseconds() for sample in runs]}
             for name, runs in samples.items()
         },
     }
 
 
-def render(document: Mapping[str, Any]) -> str:
+def render(document: Document) -> str:
     lines = [f"QEMU start -> vhost running, {document['repeat']} run(s) each (ms, median / min)",
              f"{'backend':<16}" + "".join(f"{phase:>22}" for phase in PHASES)]
     for name, result in document["backends"].items():
@@ -133,7 +136,7 @@ def render(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_factory(spec: str) -> tuple[str, BackendFactory]:
+def load_factory(spec: str) -> tuple[str, BenchBackend]:
     """``NAME=package.module:callable`` -> (NAME, the callable)."""
     name, _, target = spec.partition("=")
     module_name, _, attribute = target.partition(":")
@@ -149,8 +152,7 @@ def load_factory(spec: str) -> tuple[str, BackendFactory]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_start", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("bench_start", __doc__)
     parser.add_argument("--repeat", type=int, default=5, help="samples per backend (default 5)")
     parser.add_argument("--backend", action="append", choices=sorted(BUILTIN_BACKENDS),
                         help="a built-in backend (default: testpmd); repeatable")
@@ -158,29 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="NAME=MODULE:CALLABLE",
                         help="another backend: a callable(run_dir) returning an async context"
                              " manager that yields the vhost-user socket path; repeatable")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
+
+
+def chosen_backends(args: argparse.Namespace) -> dict[str, BenchBackend]:
+    """The built-in backends named, then the plugged-in ones; testpmd when none."""
+    backends = {name: BUILTIN_BACKENDS[name] for name in (args.backend or [])}
+    for spec in args.backend_factory:
+        name, factory = load_factory(spec)
+        backends[name] = factory
+    return backends or {"testpmd": dpdk_testpmd_backend}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.repeat < 1:
-            raise InputError("--repeat must be at least 1")
-        backends: dict[str, BackendFactory] = {
-            name: BUILTIN_BACKENDS[name] for name in (args.backend or [])}
-        for spec in args.backend_factory:
-            name, factory = load_factory(spec)
-            backends[name] = factory
-        if not backends:
-            backends = {"testpmd": dpdk_testpmd_backend}
-        samples = asyncio.run(compare(backends, args.repeat))
-    except VhostCompatError as error:
-        print(f"bench_start: {error}", file=sys.stderr)
-        return error.exit_status
-    document = report(samples, args.repeat)
-    print(json.dumps(document, indent=2) if args.json else render(document))
-    return 0
+
+    def measure() -> Document:
+        check_repeat(args.repeat)
+        backends = chosen_backends(args)
+        return report(asyncio.run(compare(backends, args.repeat)), args.repeat)
+
+    return run_bench("bench_start", measure, render, args.json)
 
 
 if __name__ == "__main__":

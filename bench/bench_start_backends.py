@@ -11,18 +11,11 @@ without ``-v``: logging is not what is measured.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-from vhostcompat.lab.backend_hosts import run_reference_backend
+from bench.common import bench_backend
+from vhostcompat.lab.hosts import reference_backend_process
 
 REFERENCE_PROFILE = "debian12.dpdk-vhost.v22.11"
 
-
-@contextlib.asynccontextmanager
-async def reference_backend(run_dir: Path) -> AsyncIterator[Path]:
-    """The reference backend process listening on a socket in ``run_dir``."""
-    async with run_reference_backend(run_dir, "reference", ["--profile", REFERENCE_PROFILE],
-                                     verbose=0) as backend:
-        yield backend.socket_path
+# The reference backend process listening on a socket in the run directory.
+reference_backend = bench_backend(
+    reference_backend_process(["--profile", REFERENCE_PROFILE], verbose=0))

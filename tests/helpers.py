@@ -2,15 +2,19 @@
 
 ``require_tool`` is how a test says it needs a real component: outside CI a
 missing tool skips the test; under ``CI=true`` it fails it, because the tests
-that prove end-to-end claims must run there.
+that prove end-to-end claims must run there. ``run_cli`` runs the
+``vhostcompat`` command in-process and returns what it said.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from typing import NamedTuple
 
 import pytest
+
+from vhostcompat.cli import main
 
 
 def require_tool(*commands: str) -> None:
@@ -22,3 +26,20 @@ def require_tool(*commands: str) -> None:
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(message)
     pytest.skip(message)
+
+
+class CliResult(NamedTuple):
+    status: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
+    """Run ``vhostcompat ARGS...`` in-process; SystemExit (argparse) counts as a status."""
+    capsys.readouterr()
+    try:
+        status = main(list(argv))
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 2
+    captured = capsys.readouterr()
+    return CliResult(status, captured.out, captured.err)

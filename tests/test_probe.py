@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.backend.conftest import short_dir
 from tests.backend.process import backend_process
 from tests.cli.conftest import Cli, cli, no_system_catalog
 from vhostcompat.backend import BackendConfig, serve_backend
@@ -29,7 +28,7 @@ from vhostcompat.transport import SocketPathError
 F = VirtioFeature
 P = ProtocolFeature
 TIMEOUT = 10.0
-FIXTURES = (cli, no_system_catalog, short_dir)  # shared with tests/cli and tests/backend
+FIXTURES = (cli, no_system_catalog)  # shared with tests/cli
 
 CONFIGS = {
     "profile v2.7": BackendConfig.from_profile(
@@ -58,7 +57,7 @@ def test_the_probe_reports_exactly_what_the_backend_was_told(short_dir: Path,
 
     async def scenario() -> None:
         async with serve_backend(config, short_dir / "v.sock") as server:
-            result = await probe(server.path, timeout=5)
+            result = await probe(server.socket_path, timeout=5)
             assert result.features == config.features
             offers_protocol = F.VHOST_USER_F_PROTOCOL_FEATURES in config.features
             assert result.protocol_features == (
@@ -82,7 +81,7 @@ def test_the_probe_reports_exactly_what_the_backend_was_told(short_dir: Path,
 def test_set_owner_is_sent_only_when_asked(short_dir: Path) -> None:
     async def scenario() -> None:
         async with serve_backend(CONFIGS["profile v2.7"], short_dir / "v.sock") as server:
-            result = await probe(server.path, set_owner=True)
+            result = await probe(server.socket_path, set_owner=True)
             assert result.owner_set
             await _wait_for(lambda: len(server.closed) == 1)
             assert server.closed[0].device.session.owner

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import logging
 import os
-import shutil
 import socket
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -46,13 +45,6 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
         await asyncio.wait_for(scenario(), TIMEOUT)
     asyncio.run(bounded())
 
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: Unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="vct-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path)
 
 
 def connection_pair() -> tuple[FdConnection, FdConnection]:
@@ -224,6 +216,37 @@ def test_listen_and_connect_100_times_without_leaking(short_dir: Path) -> None:
         assert not path.exists()
         assert open_fd_count() == before
     run(scenario)
+
+
+def test_100_connections_do_not_grow_the_logging_registry(
+        short_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Connections log through their module's logger, labelled: no logger per connection."""
+    path = short_dir / "vhost.sock"
+    caplog.set_level(logging.DEBUG, logger="vhostcompat.transport")
+
+    async def answer(connection: FdConnection) -> None:
+        link = MessageConnection(connection, Channel.FRONTEND, Role.BACKEND)
+        while (request := await link.recv_message()) is not None:
+            await link.send_message(make_reply(request, U64(7)))
+
+    async def scenario() -> None:
+        async with await listen(path, answer):
+            before = set(logging.Logger.manager.loggerDict)
+            for _ in range(100):
+                async with await connect(path) as client:
+                    link = MessageConnection(client, Channel.FRONTEND, Role.FRONTEND)
+                    await link.send_message(Message(FrontendRequest.GET_FEATURES))
+                    assert await link.recv_message() is not None
+            assert set(logging.Logger.manager.loggerDict) == before
+
+    run(scenario)
+    # The DEBUG lines are still there, each naming its connection.
+    served = [record.getMessage() for record in caplog.records
+              if record.name == "vhostcompat.transport" and "<-- GET_FEATURES" in
+              record.getMessage() and record.getMessage().startswith("vhost_sock#")]
+    assert [line.split(": ", 1)[0] for line in served] == [
+        f"vhost_sock#{number}" for number in range(1, 101)]
+    assert all(line.split(": ", 1)[1].startswith("<-- GET_FEATURES") for line in served)
 
 
 def test_failing_handler_is_logged_and_its_connection_closed(

@@ -14,8 +14,9 @@ duplicates them into the peer). Every error path closes the fds that
 arrived with it. Received fds are close-on-exec, so child processes (QEMU,
 testpmd) never inherit them.
 
-Each connection logs to a child of this module's logger: ``--> message`` /
-``<-- message`` at DEBUG, one line at ERROR when a handler fails.
+Each connection logs to this module's logger, every line prefixed with the
+connection's name (:class:`ConnectionLog`): ``NAME: --> message`` /
+``NAME: <-- message`` at DEBUG, one line at ERROR when a handler fails.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeAlias
 
 from vhostcompat.errors import InputError, RemoteProtocolError, VhostCompatError
 from vhostcompat.vhostuser.codec import Decoder, Message, close_fds, encode
@@ -43,6 +44,28 @@ _FD_ITEM = array.array("i").itemsize
 ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * _FD_ITEM)
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """``logger``'s lines, each prefixed with ``label`` (a connection's name).
+
+    Loggers are never freed: a child logger per connection would grow the
+    logging registry with every reconnect a long-lived proxy or backend
+    sees, so connections share their module's logger and carry their name
+    in the message instead.
+    """
+
+    def __init__(self, logger: logging.Logger, label: str) -> None:
+        super().__init__(logger, {"connection": label})
+        self.label = label
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any],
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"{self.label}: {msg}", kwargs
+
+
+Log: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
+"""Where a connection, a device or a relay logs: a logger, or a labelled one."""
 
 
 class TransportError(VhostCompatError):
@@ -108,7 +131,7 @@ class FdConnection:
         self._waiters: set[asyncio.Future[None]] = set()
         self._closed = False
         self.name = name or f"fd{self._fd}"
-        self.log = _log.getChild(self.name)
+        self.log = ConnectionLog(_log, self.name)
 
     @property
     def closed(self) -> bool:
@@ -264,9 +287,9 @@ class Listener:
         self._on_connection = on_connection
         self._handlers: set[asyncio.Task[None]] = set()
         self._count = 0
-        # Dots would nest loggers: vhost.sock -> vhost_sock.
+        # vhost.sock -> vhost_sock: connection names (vhost_sock#2) without dots.
         self.label = (os.path.basename(path) or "listener").replace(".", "_")
-        self.log = _log.getChild(self.label)
+        self.log = ConnectionLog(_log, self.label)
         self._accepting = asyncio.create_task(self._accept_loop())
 
     async def _accept_loop(self) -> None:
@@ -405,7 +428,7 @@ class MessageConnection:
         self.role = role
         self.decoder = Decoder(channel, sender=role.peer)
         self._eof = False
-        self.log = connection.log
+        self.log: Log = connection.log
 
     async def recv_message(self) -> Message | None:
         """The next message from the peer, or None once the peer closed cleanly.

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhostcompat.lab.backend_hosts import reference_backend_argv
+from vhostcompat.lab.commands import reference_backend_argv
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0

@@ -48,6 +48,8 @@ from vhostcompat.vhostuser import (
 R = FrontendRequest
 LOG = logging.getLogger("tests.backend.device")
 TX = 1  # the TX ring of queue pair 0
+# Neither dirty logging nor event indices: every used buffer may notify.
+PLAIN_RINGS = OFFER & ~F.VHOST_F_LOG_ALL & ~F.VIRTIO_RING_F_EVENT_IDX
 
 
 def message(request: R, payload: Payload = EMPTY, fds: tuple[int, ...] = (), *,
@@ -247,7 +249,7 @@ def test_an_rx_ring_reports_back_the_base_it_was_given() -> None:
 
 def test_the_tx_sink_drains_buffers_and_get_vring_base_says_where_it_stopped() -> None:
     async def scenario() -> None:
-        with rig(OFFER & ~F.VHOST_F_LOG_ALL & ~F.VIRTIO_RING_F_EVENT_IDX) as test:
+        with rig(PLAIN_RINGS) as test:
             guest, device = test.guest, test.device
             place = guest.ring(8, 0x10000)
             # A ring that has run before: the driver's indices are near the wrap.
@@ -306,7 +308,7 @@ def test_used_ring_writes_are_logged_while_log_all_is_acked() -> None:
 
 def test_nothing_is_logged_without_log_all() -> None:
     async def scenario() -> None:
-        with rig(OFFER & ~F.VHOST_F_LOG_ALL & ~F.VIRTIO_RING_F_EVENT_IDX) as test:
+        with rig(PLAIN_RINGS) as test:
             test.set_log_base()
             place = test.guest.ring(8, 0x20000)
             call, kick_fd = test.start_ring(TX, place)
@@ -348,7 +350,7 @@ def test_event_index_suppresses_notifications_the_driver_did_not_ask_for() -> No
 
 def test_no_interrupt_suppresses_notifications_without_event_index() -> None:
     async def scenario() -> None:
-        with rig(OFFER & ~F.VHOST_F_LOG_ALL & ~F.VIRTIO_RING_F_EVENT_IDX) as test:
+        with rig(PLAIN_RINGS) as test:
             guest, device = test.guest, test.device
             place = guest.ring(8, 0x10000)
             test.start_ring(TX, place)

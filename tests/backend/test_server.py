@@ -154,7 +154,7 @@ async def connect_and_hold_resources(server: BackendServer, guest: FakeGuest,
                                      ) -> tuple[Frontend, str]:
     """A frontend whose device maps guest memory and holds a call eventfd."""
     known = set(server.devices)
-    frontend = await Frontend.open(server.path)
+    frontend = await Frontend.open(server.socket_path)
     reply = await frontend.ask(R.GET_FEATURES)
     assert reply.payload == U64(CONFIG.features)
     (name,) = set(server.devices) - known
@@ -228,7 +228,7 @@ def test_a_clean_close_is_not_an_error(short_dir: Path,
 
     async def scenario() -> None:
         async with serve_backend(CONFIG, short_dir / "vhost.sock") as server:
-            frontend = await Frontend.open(server.path)
+            frontend = await Frontend.open(server.socket_path)
             await frontend.ask(R.GET_FEATURES)
             frontend.close()
             await _wait_closed(server, 1)
@@ -237,13 +237,28 @@ def test_a_clean_close_is_not_an_error(short_dir: Path,
 
     run(scenario)
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
-    messages = [record.getMessage() for record in caplog.records]
-    # Requests and replies at DEBUG, on the connection's own logger.
-    assert any(text.startswith("<-- GET_FEATURES") for text in messages)
-    assert any(text.startswith("--> GET_FEATURES reply") for text in messages)
-    names = {record.name for record in caplog.records if record.getMessage()[:3] in
-             ("<--", "-->") and record.name.startswith("vhostcompat.backend")}
-    assert names == {"vhostcompat.backend.server.vhost_sock#1"}
+    # Requests and replies at DEBUG, on the backend's logger, labelled with the connection.
+    exchanged = [(record.name, *record.getMessage().split(": ", 1))
+                 for record in caplog.records if record.name.startswith("vhostcompat.backend")
+                 and record.getMessage().partition(": ")[2][:3] in ("<--", "-->")]
+    assert {(name, label) for name, label, _ in exchanged} == {
+        ("vhostcompat.backend.server", "vhost_sock#1")}
+    assert any(text.startswith("<-- GET_FEATURES") for _, _, text in exchanged)
+    assert any(text.startswith("--> GET_FEATURES reply") for _, _, text in exchanged)
+
+
+def test_100_connections_do_not_grow_the_logging_registry(short_dir: Path) -> None:
+    async def scenario() -> None:
+        async with serve_backend(CONFIG, short_dir / "vhost.sock") as server:
+            before = set(logging.Logger.manager.loggerDict)
+            for _ in range(100):
+                frontend = await Frontend.open(server.socket_path)
+                assert (await frontend.ask(R.GET_FEATURES)).payload == U64(CONFIG.features)
+                frontend.close()
+            await _wait_closed(server, 100)
+            assert set(logging.Logger.manager.loggerDict) == before
+
+    run(scenario)
 
 
 def test_closing_the_server_closes_its_connections(short_dir: Path) -> None:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from vhostcompat.cli import main
+from tests.helpers import CliResult, run_cli
 from vhostcompat.profiles.catalog import SYSTEM_CATALOG_ENV
 
 V27, V26, FC26 = "upstream.ovs-dpdk.v2.7", "upstream.ovs-dpdk.v2.6", "fc26.ovs-dpdk.v2.6"
 
-
-@dataclass(frozen=True)
-class Result:
-    status: int
-    stdout: str
-    stderr: str
-
-
-Cli = Callable[..., Result]
+Cli = Callable[..., CliResult]
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +24,8 @@ def no_system_catalog(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``vhostcompat ARGS...`` in-process; SystemExit (argparse) counts as a status."""
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        try:
-            status = main(list(argv))
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 2
-        captured = capsys.readouterr()
-        return Result(status, captured.out, captured.err)
-
-    return invoke
+    """``vhostcompat ARGS...`` run in-process (:func:`tests.helpers.run_cli`)."""
+    return functools.partial(run_cli, capsys)
 
 
 @pytest.fixture

@@ -15,22 +15,20 @@ silently changing the other tests' meaning.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import migrate_into_a_failed_load
 from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
 from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
 from vhostcompat.lab import qmp
 from vhostcompat.lab.errors import ProcessExitedError, VirtioDriverError
+from vhostcompat.lab.hosts import dpdk_testpmd, host, source_and_destination
 from vhostcompat.lab.process import wait_until
-from vhostcompat.lab.qemu import QemuVm, RunningQemu, run_qemu
+from vhostcompat.lab.qemu import LEGACY_ONLY, QemuVm, device_offer, run_qemu
 from vhostcompat.lab.qtest import QTEST_DRIVER_UNSUPPORTED, Negotiation, default_wanted
 from vhostcompat.lab.testpmd import RunningTestpmd, TestpmdConfig, run_testpmd
 
@@ -44,58 +42,12 @@ F = VirtioFeature
 TESTPMD_FEATURES = F(0xD7C66E7CB)
 TESTPMD_TSO_FEATURES = TESTPMD_FEATURES | F.VIRTIO_NET_F_HOST_TSO4 | F.VIRTIO_NET_F_HOST_TSO6
 
-# What QEMU's virtio-net-pci changes between the backend's answer and the
-# features its device offers ("backend-features" in x-query-virtio-status):
-# it drops what its device model leaves off by default (properties host_mtu,
-# mq, packed and in_order) and VHOST_F_LOG_ALL, a vhost-only bit for dirty
-# logging during migration that no guest ever sees ...
-QEMU_DROPS = (F.VIRTIO_NET_F_MTU | F.VIRTIO_NET_F_MQ | F.VIRTIO_F_RING_PACKED
-              | F.VIRTIO_F_IN_ORDER | F.VHOST_F_LOG_ALL)
-# ... and adds what it implements itself, whatever the backend says: the MAC
-# and link status in config space and the control-queue commands it handles.
-QEMU_ADDS = (F.VIRTIO_NET_F_MAC | F.VIRTIO_NET_F_STATUS | F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS
-             | F.VIRTIO_NET_F_CTRL_VLAN | F.VIRTIO_NET_F_CTRL_RX_EXTRA
-             | F.VIRTIO_NET_F_CTRL_MAC_ADDR)
-# A modern-only device (disable-legacy=on) hides the legacy-only bits from the driver.
-LEGACY_ONLY = F.VIRTIO_NET_F_GSO | F.VIRTIO_F_ANY_LAYOUT | F.VHOST_USER_F_PROTOCOL_FEATURES
 # DPDK 22.11's protocol features, as QEMU 7.2 negotiated them (FIELD-NOTES: 0x10cbf).
 TESTPMD_PROTOCOL = ProtocolFeature(0x10CBF)
 
 
 def require_lab() -> None:
     require_tool("qemu-system-x86_64", "dpdk-testpmd")
-
-
-
-
-Host = tuple[RunningTestpmd, RunningQemu]
-
-
-@contextlib.asynccontextmanager
-async def host(run_dir: Path, name: str, *, tso: bool = False, queues: int = 1,
-               vm_options: dict[str, Any] | None = None,
-               ) -> AsyncIterator[Host]:
-    """One "host": a testpmd backend and a QEMU on its socket."""
-    config = TestpmdConfig(run_dir / f"{name}.sock", tso=tso, queues=queues)
-    async with run_testpmd(config, run_dir, f"{name}-testpmd") as testpmd:
-        vm = QemuVm(testpmd.socket_path, queues=queues, **(vm_options or {}))
-        async with run_qemu(vm, run_dir, f"{name}-qemu") as qemu:
-            yield testpmd, qemu
-
-
-@contextlib.asynccontextmanager
-async def source_and_destination(run_dir: Path, uri: str, *, source_tso: bool = False,
-                                 ) -> AsyncIterator[tuple[Host, Host]]:
-    """Two hosts started side by side; the destination's QEMU waits for ``uri``."""
-    async with contextlib.AsyncExitStack() as stack:
-        # A TaskGroup cancels the other start if one fails; whatever started
-        # is on the stack by the time the group ends, so it is cleaned up.
-        async with asyncio.TaskGroup() as group:
-            source = group.create_task(
-                stack.enter_async_context(host(run_dir, "a", tso=source_tso)))
-            destination = group.create_task(stack.enter_async_context(
-                host(run_dir, "b", vm_options={"incoming": uri, "qtest": False})))
-        yield source.result(), destination.result()
 
 
 async def backend_got_its_rings(testpmd: RunningTestpmd) -> None:
@@ -109,7 +61,7 @@ def assert_backend_view(status: qmp.VirtioStatus, testpmd_features: VirtioFeatur
     assert status.vhost_dev is not None
     assert status.vhost_dev.features == testpmd_features, (
         f"testpmd offered {format_mask(status.vhost_dev.features, F)}")
-    expected = (testpmd_features & ~QEMU_DROPS) | QEMU_ADDS
+    expected = device_offer(testpmd_features)
     assert status.backend_features == expected, (
         f"backend-features {format_mask(status.backend_features, F)}, "
         f"expected {format_mask(expected, F)}")
@@ -135,7 +87,8 @@ def test_qtest_driver_negotiates_with_testpmd(lab_dir: Path, tso: bool) -> None:
     testpmd_features = TESTPMD_TSO_FEATURES if tso else TESTPMD_FEATURES
 
     async def scenario() -> None:
-        async with host(lab_dir, "a", tso=tso) as (testpmd, qemu):
+        async with host(lab_dir, "a", dpdk_testpmd(tso=tso)) as a:
+            testpmd, qemu = a.backend, a.qemu
             before = await qmp.virtio_status(qemu)
             assert not before.vhost_started and before.vhost_dev is None
 
@@ -165,7 +118,8 @@ def test_frontend_pinning_and_a_narrower_driver(lab_dir: Path) -> None:
 
     async def scenario() -> None:
         options = {"device_properties": {"indirect_desc": "off"}}
-        async with host(lab_dir, "a", vm_options=options) as (_testpmd, qemu):
+        async with host(lab_dir, "a", dpdk_testpmd(), vm_options=options) as a:
+            qemu = a.qemu
             wanted = ~F.VIRTIO_RING_F_EVENT_IDX & ~QTEST_DRIVER_UNSUPPORTED
             with pytest.raises(VirtioDriverError):
                 await qemu.driver().initialise(wanted & ~F.VIRTIO_F_VERSION_1)
@@ -189,8 +143,9 @@ def test_two_queue_pairs_and_larger_rings(lab_dir: Path) -> None:
     require_lab()
 
     async def scenario() -> None:
-        options = {"rx_queue_size": 1024, "tx_queue_size": 512}
-        async with host(lab_dir, "a", queues=2, vm_options=options) as (testpmd, qemu):
+        options = {"queues": 2, "rx_queue_size": 1024, "tx_queue_size": 512}
+        async with host(lab_dir, "a", dpdk_testpmd(queues=2), vm_options=options) as a:
+            testpmd, qemu = a.backend, a.qemu
             negotiation = await qemu.driver().initialise()
             status = await qmp.wait_for_vhost_started(qemu, VHOST_TIMEOUT)
             await backend_got_its_rings(testpmd)
@@ -211,8 +166,9 @@ def test_migration_between_two_testpmd_hosts_completes(lab_dir: Path) -> None:
 
     async def scenario() -> None:
         uri = f"unix:{lab_dir / 'migration.sock'}"
-        async with source_and_destination(lab_dir, uri) as (
-                (_source_pmd, source), (destination_pmd, destination)):
+        async with source_and_destination(lab_dir, uri, dpdk_testpmd(),
+                                          dpdk_testpmd()) as (a, b):
+            source, destination = a.qemu, b.qemu
             negotiation = await source.driver().initialise()
             before = await qmp.wait_for_vhost_started(source, VHOST_TIMEOUT)
 
@@ -225,7 +181,7 @@ def test_migration_between_two_testpmd_hosts_completes(lab_dir: Path) -> None:
             assert await qmp.run_state(destination) == "running"
             after = await qmp.wait_for_vhost_started(destination, VHOST_TIMEOUT)
             assert after.guest_features == before.guest_features == negotiation.acked
-            await backend_got_its_rings(destination_pmd)
+            await backend_got_its_rings(b.backend)
 
     run(scenario())
 
@@ -236,8 +192,9 @@ def test_upstream_failure_tso_source_to_default_destination(lab_dir: Path) -> No
 
     async def scenario() -> None:
         uri = f"unix:{lab_dir / 'migration.sock'}"
-        async with source_and_destination(lab_dir, uri, source_tso=True) as (
-                (_source_pmd, source), (_destination_pmd, destination)):
+        async with source_and_destination(lab_dir, uri, dpdk_testpmd(tso=True),
+                                          dpdk_testpmd()) as (a, b):
+            source, destination = a.qemu, b.qemu
             negotiation = await source.driver().initialise()
             tso_bits = F.VIRTIO_NET_F_HOST_TSO4 | F.VIRTIO_NET_F_HOST_TSO6
             assert negotiation.acked & tso_bits == tso_bits
@@ -245,15 +202,8 @@ def test_upstream_failure_tso_source_to_default_destination(lab_dir: Path) -> No
             allowed = (await qmp.virtio_status(destination)).host_features
             assert not allowed & tso_bits
 
-            result = await qmp.migrate(source, destination, uri)
-
-            assert result["status"] == "failed", result
-            assert await destination.wait_exit(10) != 0
-            log = destination.process.log_text()
-            assert (f"Features {int(negotiation.acked):#x} unsupported. "
-                    f"Allowed features: {int(allowed):#x}") in log, log
-            # With return-path the source learns of the failure and keeps running.
-            assert await qmp.run_state(source) == "running"
+            await migrate_into_a_failed_load(source, destination, uri, negotiation.acked,
+                                             allowed)
             still = await qmp.virtio_status(source)
             assert still.guest_features == negotiation.acked
             assert still.vhost_started

@@ -20,7 +20,7 @@ from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.lab import qmp
-from vhostcompat.lab.backend_hosts import run_reference_backend
+from vhostcompat.lab.commands import run_reference_backend
 from vhostcompat.lab.process import start_process
 from vhostcompat.lab.qemu import QemuVm, run_qemu
 from vhostcompat.lab.testpmd import TestpmdConfig, run_testpmd

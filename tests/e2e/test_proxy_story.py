@@ -23,24 +23,23 @@ version, exactly as an orchestrator would.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
-import shutil
-import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import migrate_into_a_failed_load, run_bounded
 from tests.helpers import require_tool
 from vhostcompat import manager
 from vhostcompat.demo import Act, act_real_story, run_demo
 from vhostcompat.features import VirtioFeature, format_mask
 from vhostcompat.lab import qmp
+from vhostcompat.lab.commands import ProxyConfig, ProxyMode, run_proxy
 from vhostcompat.lab.firmware import write_halt_firmware
-from vhostcompat.lab.hosts import HostConfig, ProxyConfig, run_host, run_hosts, run_proxy
+from vhostcompat.lab.hosts import dpdk_testpmd, host, source_and_destination
 from vhostcompat.lab.process import managed_process, wait_until
 from vhostcompat.lab.qemu import QemuPaths, QemuVm, qemu_argv, run_qemu
 from vhostcompat.lab.testpmd import RunningTestpmd, TestpmdConfig, run_testpmd
@@ -73,19 +72,8 @@ def require_lab() -> None:
     require_tool("qemu-system-x86_64", "dpdk-testpmd")
 
 
-@pytest.fixture
-def lab_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-story-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(SCENARIO_TIMEOUT):
-            await scenario
-
-    asyncio.run(bounded())
+    run_bounded(scenario, SCENARIO_TIMEOUT)
 
 
 async def publish_and_select(lab_dir: Path) -> tuple[str, str, str]:
@@ -100,6 +88,19 @@ async def publish_and_select(lab_dir: Path) -> tuple[str, str, str]:
     return host_a, host_b, report.selection.selection.version
 
 
+def proxy_of_host_a(lab_dir: Path, mode: ProxyMode, *,
+                    roles: tuple[str, str] = ("", "")) -> ProxyConfig:
+    """Host a's proxy between QEMU's socket ``a.sock`` and testpmd's ``a-pmd.sock``.
+
+    ``roles``: the endpoint suffixes (``:client``, ``:server``) when the proxy's
+    roles are not the default ones (listening for QEMU, connecting to testpmd).
+    """
+    frontend_role, backend_role = roles
+    return ProxyConfig(frontend=f"{lab_dir / 'a.sock'}{frontend_role}",
+                       backend=f"{lab_dir / 'a-pmd.sock'}{backend_role}",
+                       status_file=lab_dir / "a-proxy.json", mode=mode)
+
+
 async def backend_ready(testpmd: RunningTestpmd, occurrences: int = 1) -> None:
     # DPDK logs this once every ring is set and the device started.
     await wait_until(
@@ -112,8 +113,8 @@ def test_selection_picks_the_older_hosts_version(lab_dir: Path) -> None:
     async def scenario() -> None:
         host_a, host_b, version = await publish_and_select(lab_dir)
         assert version == DEFAULT_VERSION
-        for host in (host_a, host_b):
-            record = await manager.read_host(host)
+        for address in (host_a, host_b):
+            record = await manager.read_host(address)
             assert record.interface(IFACE).version == DEFAULT_VERSION
 
     run(scenario())
@@ -124,22 +125,15 @@ def test_without_a_mode_the_guest_takes_tso_and_migration_fails(lab_dir: Path) -
 
     async def scenario() -> None:
         uri = f"unix:{lab_dir / 'migration.sock'}"
-        configs = [HostConfig("a", tso=True),
-                   HostConfig("b", vm_options={"incoming": uri, "qtest": False})]
-        async with run_hosts(lab_dir, configs) as (source, destination):
+        async with source_and_destination(lab_dir, uri, dpdk_testpmd(tso=True),
+                                          dpdk_testpmd()) as (source, destination):
             negotiation = await source.qemu.driver().initialise()
             assert negotiation.acked & TSO == TSO
             await qmp.wait_for_vhost_started(source.qemu, VHOST_TIMEOUT)
             allowed = (await qmp.virtio_status(destination.qemu)).host_features
 
-            result = await qmp.migrate(source.qemu, destination.qemu, uri)
-
-            assert result["status"] == "failed", result
-            assert await destination.qemu.wait_exit(10) != 0
-            assert (f"Features {int(negotiation.acked):#x} unsupported. "
-                    f"Allowed features: {int(allowed):#x}") in \
-                destination.qemu.process.log_text()
-            assert await qmp.run_state(source.qemu) == "running"
+            await migrate_into_a_failed_load(source.qemu, destination.qemu, uri,
+                                             negotiation.acked, allowed)
 
     run(scenario())
 
@@ -152,20 +146,20 @@ def test_with_both_interfaces_in_the_common_mode_migration_completes(lab_dir: Pa
         profile = load_default_catalog().get(version)
         uri = f"unix:{lab_dir / 'migration.sock'}"
         # Each proxy reads the interface's mode from its own host store.
-        configs = [HostConfig("a", tso=True, db=host_a, iface=IFACE),
-                   HostConfig("b", db=host_b, iface=IFACE,
-                              vm_options={"incoming": uri, "qtest": False})]
-        async with run_hosts(lab_dir, configs) as (source, destination):
+        async with source_and_destination(
+                lab_dir, uri, dpdk_testpmd(tso=True), dpdk_testpmd(),
+                source_proxy=ProxyMode(db=host_a, iface=IFACE),
+                destination_proxy=ProxyMode(db=host_b, iface=IFACE)) as (source, destination):
             assert source.proxy is not None and destination.proxy is not None
             negotiation = await source.qemu.driver().initialise()
             before = await qmp.wait_for_vhost_started(source.qemu, VHOST_TIMEOUT)
-            await backend_ready(source.testpmd)
+            await backend_ready(source.backend)
 
             # The guest was offered, and took, only the mode's features.
             assert before.vhost_dev is not None
             offered_by_proxy = before.vhost_dev.features
-            assert source.testpmd.features is not None and source.testpmd.features >= TSO
-            assert offered_by_proxy == source.testpmd.features & profile.virtio_features
+            assert source.backend.features is not None and source.backend.features >= TSO
+            assert offered_by_proxy == source.backend.features & profile.virtio_features
             assert not negotiation.acked & TSO, format_mask(negotiation.acked, F)
             assert before.vhost_dev.acked_features & ~profile.virtio_features == 0
             status = await source.proxy.wait_for_state(ProxyState.RUNNING, VHOST_TIMEOUT)
@@ -180,7 +174,7 @@ def test_with_both_interfaces_in_the_common_mode_migration_completes(lab_dir: Pa
             assert await qmp.run_state(destination.qemu) == "running"
             after = await qmp.wait_for_vhost_started(destination.qemu, VHOST_TIMEOUT)
             assert after.guest_features == before.guest_features == negotiation.acked
-            await backend_ready(destination.testpmd)
+            await backend_ready(destination.backend)
             landed = await destination.proxy.wait_for_state(ProxyState.RUNNING, VHOST_TIMEOUT)
             assert landed.acked_features == status.acked_features
             # What the proxies recorded is what check-migration reads: it agrees.
@@ -200,9 +194,8 @@ def test_more_queue_pairs_than_the_mode_allows_is_refused_at_start(lab_dir: Path
         catalog = lab_dir / "small.toml"
         catalog.write_text(SMALL_CATALOG)
         pmd_socket, proxy_socket = lab_dir / "a-pmd.sock", lab_dir / "a.sock"
-        proxy_config = ProxyConfig(frontend=str(proxy_socket), backend=str(pmd_socket),
-                                   status_file=lab_dir / "a-proxy.json",
-                                   profile="test.one-pair-256", catalogs=(catalog,))
+        proxy_config = proxy_of_host_a(lab_dir, ProxyMode("test.one-pair-256",
+                                                          catalogs=(catalog,)))
         vm = QemuVm(proxy_socket, queues=2, qtest=False)
         paths = QemuPaths.in_directory(lab_dir, "a-qemu")
         write_halt_firmware(paths.firmware)
@@ -228,18 +221,18 @@ def test_bigger_rings_than_the_mode_allows_are_refused_at_device_start(lab_dir: 
     async def scenario() -> None:
         catalog = lab_dir / "small.toml"
         catalog.write_text(SMALL_CATALOG)
-        config = HostConfig("a", mode="test.one-pair-256", catalogs=(catalog,),
-                            vm_options={"rx_queue_size": 1024})
-        async with run_host(lab_dir, config) as host:
-            assert host.proxy is not None
-            await host.qemu.driver().initialise()  # the guest driver starts the device
-            refused = await host.proxy.wait_for_state(ProxyState.REFUSED, VHOST_TIMEOUT)
+        mode = ProxyMode("test.one-pair-256", catalogs=(catalog,))
+        async with host(lab_dir, "a", dpdk_testpmd(), proxy=mode,
+                        vm_options={"rx_queue_size": 1024}) as a:
+            assert a.proxy is not None
+            await a.qemu.driver().initialise()  # the guest driver starts the device
+            refused = await a.proxy.wait_for_state(ProxyState.REFUSED, VHOST_TIMEOUT)
             assert refused.detail == ("SET_VRING_NUM (ring 0) refused: ring size 1024 exceeds "
                                       "max_ring_size 256 of mode test.one-pair-256")
-            status = await qmp.virtio_status(host.qemu)
+            status = await qmp.virtio_status(a.qemu)
             assert not status.vhost_started
-            assert "ring size 1024" not in host.testpmd.process.log_text()
-            assert "SET_VRING_NUM" not in host.testpmd.process.log_text()
+            assert "ring size 1024" not in a.backend.process.log_text()
+            assert "SET_VRING_NUM" not in a.backend.process.log_text()
 
     run(scenario())
 
@@ -250,9 +243,7 @@ def test_a_backend_restart_brings_the_device_back_in_the_same_mode(lab_dir: Path
 
     async def scenario() -> None:
         pmd_socket, proxy_socket = lab_dir / "a-pmd.sock", lab_dir / "a.sock"
-        proxy_config = ProxyConfig(frontend=str(proxy_socket), backend=str(pmd_socket),
-                                   status_file=lab_dir / "a-proxy.json",
-                                   profile=DEFAULT_VERSION)
+        proxy_config = proxy_of_host_a(lab_dir, ProxyMode(DEFAULT_VERSION))
         testpmd_config = TestpmdConfig(pmd_socket, tso=True)
         async with contextlib.AsyncExitStack() as first:
             first_pmd = await first.enter_async_context(
@@ -288,10 +279,8 @@ def test_qemu_as_server_and_the_backend_as_client_through_the_proxy(lab_dir: Pat
 
     async def scenario() -> None:
         qemu_socket, proxy_backend = lab_dir / "a.sock", lab_dir / "a-pmd.sock"
-        proxy_config = ProxyConfig(frontend=f"{qemu_socket}:client",
-                                   backend=f"{proxy_backend}:server",
-                                   status_file=lab_dir / "a-proxy.json",
-                                   profile=DEFAULT_VERSION)
+        proxy_config = proxy_of_host_a(lab_dir, ProxyMode(DEFAULT_VERSION),
+                                       roles=(":client", ":server"))
         async with run_proxy(proxy_config, lab_dir, "a-proxy") as proxy, \
                 run_testpmd(TestpmdConfig(proxy_backend, client=True, tso=True), lab_dir,
                             "a-testpmd") as testpmd, \

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,12 +17,6 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 OFFER = (VirtioFeature.VIRTIO_F_VERSION_1 | VirtioFeature.VHOST_F_LOG_ALL
          | VirtioFeature.VIRTIO_RING_F_INDIRECT_DESC)
 
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-pr-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def probe_against(handler: Handler, directory: Path, timeout: float = 5.0) -> VirtioFeature:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import struct
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -164,13 +162,6 @@ def test_a_closed_connection_raises() -> None:
 
     run(scenario())
 
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-qt-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_listener_accepts_the_first_peer(short_dir: Path) -> None:

@@ -177,20 +177,35 @@ class FakeBackend:
                            fds: Sequence[int] = (), need_reply: bool = False) -> Message | None:
         """Send a back-end request on the back-end channel; its reply when one is owed."""
         assert self.channel is not None and self.channel_session is not None
-        flags = HeaderFlags.VERSION_1 | (HeaderFlags.NEED_REPLY if need_reply else 0)
-        message = Message(request, payload, flags, tuple(fds))
-        self.channel_session.send(message)
-        await self.channel.send_message(message)
-        if not self.channel_session.reply_expected(message):
-            return None
-        reply = await asyncio.wait_for(self.channel.recv_message(), WAIT)
-        assert reply is not None
-        self.channel_session.receive(reply)
-        return reply
+        return await send_request(self.channel, self.channel_session,
+                          Message(request, payload, _flags(need_reply), tuple(fds)))
 
 
 class PeerClosedError(Exception):
     """The peer (the proxy) closed the connection while we waited for a reply."""
+
+
+def _flags(need_reply: bool) -> HeaderFlags:
+    return HeaderFlags.VERSION_1 | (HeaderFlags.NEED_REPLY if need_reply else 0)
+
+
+async def send_request(link: MessageConnection, session: Session,
+                       message: Message) -> Message | None:
+    """Send a request on ``link`` as ``session`` (its fds stay ours); the reply when one
+    is owed. The peer closing before it replies is a :class:`PeerClosedError`."""
+    session.send(message)
+    await link.send_message(message)
+    if not session.reply_expected(message):
+        return None
+    name = message.request.name
+    try:
+        reply = await asyncio.wait_for(link.recv_message(), WAIT)
+    except TransportError as error:  # closed with our request unread: a reset
+        raise PeerClosedError(f"connection lost before the reply to {name}: {error}") from error
+    if reply is None:
+        raise PeerClosedError(f"connection closed before the reply to {name}")
+    session.receive(reply)
+    return reply
 
 
 class FakeFrontend:
@@ -209,21 +224,8 @@ class FakeFrontend:
     async def call(self, request: FrontendRequest, payload: Payload = EMPTY, *,
                    fds: Sequence[int] = (), need_reply: bool = False) -> Message | None:
         """Send a request (its fds stay ours); the reply when one is owed."""
-        flags = HeaderFlags.VERSION_1 | (HeaderFlags.NEED_REPLY if need_reply else 0)
-        message = Message(request, payload, flags, tuple(fds))
-        self.session.send(message)
-        await self.link.send_message(message)
-        if not self.session.reply_expected(message):
-            return None
-        try:
-            reply = await asyncio.wait_for(self.link.recv_message(), WAIT)
-        except TransportError as error:  # closed with our request unread: a reset
-            raise PeerClosedError(f"connection lost before the reply to {request.name}: "
-                                  f"{error}") from error
-        if reply is None:
-            raise PeerClosedError(f"connection closed before the reply to {request.name}")
-        self.session.receive(reply)
-        return reply
+        return await send_request(self.link, self.session,
+                          Message(request, payload, _flags(need_reply), tuple(fds)))
 
     async def sync(self) -> None:
         """A round trip (GET_FEATURES): everything sent before has been handled."""

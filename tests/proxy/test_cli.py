@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
 from tests.proxy.fakes import NARROW, WAIT, F, FakeBackend, FakeFrontend
-from vhostcompat.cli import main
 from vhostcompat.hoststore import open_host
-from vhostcompat.lab.hosts import ProxyConfig, run_proxy
+from vhostcompat.lab.commands import ProxyConfig, ProxyMode, run_proxy
 from vhostcompat.lab.process import wait_until
 from vhostcompat.proxy import ProxyState, ProxyStatus, StatusFile
 from vhostcompat.transport import connect, listen
@@ -31,12 +28,6 @@ max_ring_size = 256
 """
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-pc-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 @pytest.fixture
 def catalog(short_dir: Path) -> Path:
@@ -47,16 +38,6 @@ def catalog(short_dir: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        status = main(list(argv))
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 2
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 @pytest.mark.parametrize("kind", ["regular", "symlink"])
 def test_proxy_refuses_a_frontend_path_that_is_not_a_socket(
         capsys: pytest.CaptureFixture[str], short_dir: Path, catalog: Path, kind: str) -> None:
@@ -65,7 +46,7 @@ def test_proxy_refuses_a_frontend_path_that_is_not_a_socket(
         bad.write_text("data")
     else:
         bad.symlink_to("/etc/passwd")
-    status, out, err = cli(capsys, "proxy", "--profile", "test.narrow", "--catalog",
+    status, out, err = run_cli(capsys, "proxy", "--profile", "test.narrow", "--catalog",
                            str(catalog), "--frontend", str(bad), "--backend",
                            str(short_dir / "be.sock"), "--status-file",
                            str(short_dir / "s.json"))
@@ -87,7 +68,7 @@ def test_proxy_refuses_a_frontend_path_that_is_not_a_socket(
 def test_proxy_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
                                                short_dir: Path, catalog: Path,
                                                argv: list[str], complaint: str) -> None:
-    status, _, err = cli(capsys, "proxy", "--catalog", str(catalog), "--frontend",
+    status, _, err = run_cli(capsys, "proxy", "--catalog", str(catalog), "--frontend",
                          str(short_dir / "f.sock"), "--backend", str(short_dir / "b.sock"),
                          *argv)
     assert status == 2
@@ -97,8 +78,8 @@ def test_proxy_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[st
 def test_proxy_needs_an_assigned_interface(capsys: pytest.CaptureFixture[str],
                                            short_dir: Path, catalog: Path) -> None:
     host = str(short_dir / "host")
-    assert cli(capsys, "publish", "--db", host, "--catalog", str(catalog))[0] == 0
-    status, _, err = cli(capsys, "proxy", "--db", host, "--iface", "vhu0", "--frontend",
+    assert run_cli(capsys, "publish", "--db", host, "--catalog", str(catalog))[0] == 0
+    status, _, err = run_cli(capsys, "proxy", "--db", host, "--iface", "vhu0", "--frontend",
                          str(short_dir / "f.sock"), "--backend", str(short_dir / "b.sock"))
     assert status == 2 and "no interface 'vhu0'" in err
 
@@ -109,10 +90,10 @@ def test_proxy_refuses_a_profile_other_than_the_interface_assigned_one(
     other.write_text(catalog.read_text().replace("test.narrow", "test.other"))
     host = str(short_dir / "host")
     both = ["--catalog", str(catalog), "--catalog", str(other)]
-    assert cli(capsys, "publish", "--db", host, *both)[0] == 0
-    assert cli(capsys, "assign", "--db", host, "--iface", "vhu0", "--version",
+    assert run_cli(capsys, "publish", "--db", host, *both)[0] == 0
+    assert run_cli(capsys, "assign", "--db", host, "--iface", "vhu0", "--version",
                "test.narrow")[0] == 0
-    status, _, err = cli(capsys, "proxy", "--profile", "test.other", *both, "--db", host,
+    status, _, err = run_cli(capsys, "proxy", "--profile", "test.other", *both, "--db", host,
                          "--iface", "vhu0", "--frontend", str(short_dir / "f.sock"),
                          "--backend", str(short_dir / "b.sock"))
     assert status == 2
@@ -132,19 +113,19 @@ def test_proxy_status_exit_says_whether_the_interface_is_in_its_mode(
         expected: int) -> None:
     path = short_dir / "s.json"
     _write_status(path, state)
-    status, out, _ = cli(capsys, "proxy-status", str(path))
+    status, out, _ = run_cli(capsys, "proxy-status", str(path))
     assert status == expected
     assert out.startswith(f"interface vhu0: mode test.narrow, {state.value}")
-    status, out, _ = cli(capsys, "proxy-status", str(path), "--json")
+    status, out, _ = run_cli(capsys, "proxy-status", str(path), "--json")
     assert status == expected and json.loads(out)["state"] == state.value
 
 
 def test_proxy_status_of_a_missing_or_corrupt_file_is_exit_2(
         capsys: pytest.CaptureFixture[str], short_dir: Path) -> None:
-    status, _, err = cli(capsys, "proxy-status", str(short_dir / "none.json"))
+    status, _, err = run_cli(capsys, "proxy-status", str(short_dir / "none.json"))
     assert status == 2 and "no such file" in err
     (short_dir / "bad.json").write_text('{"state": 3}')
-    status, _, err = cli(capsys, "proxy-status", str(short_dir / "bad.json"))
+    status, _, err = run_cli(capsys, "proxy-status", str(short_dir / "bad.json"))
     assert status == 2 and "bad.json" in err
 
 
@@ -161,7 +142,7 @@ def test_the_proxy_process_relays_records_in_the_host_store_and_stops_on_sigterm
             await store.assign("vhu0", NARROW.version)
         backend = FakeBackend()
         config = ProxyConfig(frontend=str(frontend_path), backend=str(backend_path),
-                             status_file=status_file, db=host, iface="vhu0")
+                             status_file=status_file, mode=ProxyMode(db=host, iface="vhu0"))
         async with await listen(backend_path, backend.serve), \
                 run_proxy(config, short_dir, "proxy") as proxy:
             frontend = FakeFrontend(await connect(frontend_path, retry_for=WAIT))

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from vhostcompat.errors import InputError
-from vhostcompat.lab.hosts import HostConfig, ProxyConfig, proxy_argv
+from vhostcompat.lab.commands import ProxyConfig, ProxyMode, proxy_argv
 from vhostcompat.lab.qemu import QemuPaths, QemuVm, qemu_argv
 
 
 def test_proxy_argv_runs_this_python_with_every_option() -> None:
+    mode = ProxyMode("v1", catalogs=(Path("/t/c.toml"),), db="/t/host", iface="vhu0")
     config = ProxyConfig(frontend="/t/a.sock:client", backend="/t/b.sock:server",
-                         status_file=Path("/t/s.json"), profile="v1",
-                         catalogs=(Path("/t/c.toml"),), db="/t/host", iface="vhu0",
+                         status_file=Path("/t/s.json"), mode=mode,
                          reply_timeout=0.5, backend_timeout=3, debug=True)
     assert proxy_argv(config) == [
         sys.executable, "-m", "vhostcompat.cli", "-vv", "proxy",
@@ -24,14 +24,19 @@ def test_proxy_argv_runs_this_python_with_every_option() -> None:
         "--db", "/t/host", "--iface", "vhu0", "--reply-timeout", "0.5",
         "--backend-timeout", "3"]
     minimal = ProxyConfig(frontend="/t/a.sock", backend="/t/b.sock",
-                          status_file=Path("/t/s.json"), db="/t/host", iface="vhu0")
+                          status_file=Path("/t/s.json"), mode=ProxyMode(db="/t/host", iface="vhu0"))
     assert "--profile" not in proxy_argv(minimal) and "-vv" not in proxy_argv(minimal)
 
 
-def test_a_host_is_proxied_when_it_has_a_mode_or_a_store() -> None:
-    assert not HostConfig("a").proxied
-    assert HostConfig("a", mode="v1").proxied
-    assert HostConfig("a", db="/t/host", iface="vhu0").proxied
+def test_a_proxy_mode_is_a_profile_or_a_store_and_interface() -> None:
+    assert ProxyMode("v1").argv() == ["--profile", "v1"]
+    assert ProxyMode(db="/t/host", iface="vhu0").argv() == ["--db", "/t/host", "--iface", "vhu0"]
+    with pytest.raises(InputError, match="needs a profile"):
+        ProxyMode()
+    with pytest.raises(InputError, match="go together"):
+        ProxyMode("v1", db="/t/host")
+    with pytest.raises(InputError, match="go together"):
+        ProxyMode("v1", iface="vhu0")
 
 
 def test_qemu_reconnect_goes_on_the_client_chardev(tmp_path: Path) -> None:

@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +40,6 @@ pytestmark = pytest.mark.timeout(60)
 FAST = ProxyOptions(reply_timeout=1.0, backend_timeout=2.0, max_backoff=0.0,
                     takeover_timeout=0.2)
 
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-px-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def run(scenario: Coroutine[Any, Any, None], timeout: float = 40) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -40,6 +39,7 @@ from vhostcompat.backend.memory import DirtyLog, GuestMemory, GuestMemoryError
 from vhostcompat.backend.virtqueue import RingError, Virtqueue, is_transmit_ring
 from vhostcompat.errors import RemoteProtocolError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
+from vhostcompat.transport import Log
 from vhostcompat.vhostuser import (
     U64,
     FrontendRequest,
@@ -86,7 +86,7 @@ class DeviceRequestError(RemoteProtocolError):
 class NetDevice:
     """The device state behind one frontend connection."""
 
-    def __init__(self, config: BackendConfig, log: logging.Logger,
+    def __init__(self, config: BackendConfig, log: Log,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config
         self.log = log

@@ -2,11 +2,11 @@
 
 :func:`serve_backend` listens on a path (the backend is the socket server,
 QEMU's ``-chardev socket,path=...`` connects to it) and gives every accepted
-connection its own task, its own :class:`~vhostcompat.backend.device.NetDevice`
-and its own logger, a child of this module's named after the connection
-(``vhostcompat.backend.server.vhost_sock#2``). Requests and replies are
-logged there at DEBUG (``<-- request`` received, ``--> reply`` sent),
-negotiation milestones at INFO.
+connection its own task and its own :class:`~vhostcompat.backend.device.NetDevice`.
+It logs to this module's logger, every line prefixed with the connection's
+name (``vhost_sock#2: ...``; one logger for all, so that reconnections never
+grow the logging registry). Requests and replies are logged at DEBUG
+(``<-- request`` received, ``--> reply`` sent), negotiation milestones at INFO.
 
 Whatever goes wrong on one connection (a message the codec or the session
 refuses, a memory table out of bounds, an unsupported request) is logged as
@@ -30,7 +30,7 @@ from pathlib import Path
 from vhostcompat.backend.config import BackendConfig
 from vhostcompat.backend.device import NetDevice
 from vhostcompat.errors import VhostCompatError
-from vhostcompat.transport import FdConnection, Listener, MessageConnection, listen
+from vhostcompat.transport import ConnectionLog, FdConnection, Listener, MessageConnection, listen
 from vhostcompat.vhostuser import Channel, Role
 
 _log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class BackendServer:
 
     def __init__(self, config: BackendConfig, path: str | os.PathLike[str]) -> None:
         self.config = config
-        self.path = Path(path)
+        self.socket_path = Path(path)
         self.devices: dict[str, NetDevice] = {}
         """The devices of the connections being served, by connection name."""
         self.closed: list[ClosedConnection] = []
@@ -74,8 +74,8 @@ class BackendServer:
     async def start(self) -> None:
         for warning in self.config.warnings():
             _log.warning("%s", warning)
-        self._listener = await listen(self.path, self._serve)
-        _log.info("listening on %s: %s", self.path, self.config.describe())
+        self._listener = await listen(self.socket_path, self._serve)
+        _log.info("listening on %s: %s", self.socket_path, self.config.describe())
 
     async def close(self) -> None:
         """Stop accepting, close every connection, remove the socket file."""
@@ -85,7 +85,7 @@ class BackendServer:
             self._listener = None
 
     async def _serve(self, connection: FdConnection) -> None:
-        log = _log.getChild(connection.name.replace(".", "_"))
+        log = ConnectionLog(_log, connection.name)
         peer = peer_description(connection)
         messages = MessageConnection(connection, Channel.FRONTEND, Role.BACKEND)
         messages.log = log
@@ -101,7 +101,7 @@ class BackendServer:
             log.info("%s closed the connection", peer)
         except VhostCompatError as error:
             reason = str(error)
-            log.error("%s: %s: closing the connection: %s", connection.name, peer, error)
+            log.error("%s: closing the connection: %s", peer, error)
         finally:
             # Released before the socket closes: once the frontend sees EOF,
             # nothing of its connection is held here any more.

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from vhostcompat.backend.memory import DirtyLog, GuestMemory, GuestMemoryError, GuestRange
 from vhostcompat.errors import RemoteProtocolError
 from vhostcompat.features import VirtioFeature
+from vhostcompat.transport import Log
 from vhostcompat.vhostuser.payloads import VringAddressFlags
 from vhostcompat.vhostuser.session import RingState
 
@@ -94,7 +95,7 @@ class Virtqueue:
     session's :class:`RingState`, passed in on every call.
     """
 
-    def __init__(self, index: int, log: logging.Logger) -> None:
+    def __init__(self, index: int, log: Log) -> None:
         self.index = index
         self.log = log
         self.kick_fd: int | None = None

@@ -10,5 +10,10 @@ child processes and cleans up after them, so tests, benchmarks and
 * :mod:`~vhostcompat.lab.qtest`: the qtest client and virtio-net PCI driver;
 * :mod:`~vhostcompat.lab.qmp`: virtio status, migration over QMP;
 * :mod:`~vhostcompat.lab.testpmd`: DPDK testpmd as a vhost-user backend;
-* :mod:`~vhostcompat.lab.probe`: a one-shot GET_FEATURES probe of any backend.
+* :mod:`~vhostcompat.lab.probe`: a one-shot GET_FEATURES probe of any backend;
+* :mod:`~vhostcompat.lab.commands`: ``vhostcompat proxy`` and ``vhostcompat
+  backend`` as child processes;
+* :mod:`~vhostcompat.lab.hosts`: a host = a backend (testpmd, reference, any
+  factory), optionally behind the proxy, and a QEMU; a source and a destination;
+* :mod:`~vhostcompat.lab.story`: the upstream story played once, for the demo.
 """

@@ -1,20 +1,27 @@
-"""Hosts of the story: DPDK testpmd, optionally behind the proxy, and QEMU.
+"""Lab hosts: a vhost-user backend, optionally behind the proxy, and a QEMU on it.
 
-A "host" here is what one machine of the upstream story runs for one VM: a
-real vhost-user back-end (DPDK testpmd, ``tso=1`` playing the newer
-version), QEMU as the front-end, and, when the interface has a compatibility
-mode, ``vhostcompat proxy`` between them as a child process, exactly as it
-is deployed (QEMU connects to the proxy's socket, the proxy to testpmd's).
+A host here is what one machine of a migration story runs for one VM: a
+backend listening on a socket, ``vhostcompat proxy`` in front of it when the
+interface has a compatibility mode (as a child process, exactly as it is
+deployed), and QEMU connected to whichever of the two faces it.
 
-* :func:`run_proxy`: the proxy as a child process, ready once its status
-  file says it waits for the front-end; :class:`RunningProxy` reads that
-  status back;
-* :func:`run_backend`: testpmd (+ proxy), the socket QEMU is to use;
-* :func:`run_host`: testpmd (+ proxy) + QEMU, stopped in order on exit;
-* :func:`run_hosts`: several hosts started side by side (a source and a
-  destination waiting for an incoming migration).
+The backend is a :data:`BackendFactory`: a callable taking the run directory
+and a name, returning an async context manager that starts the backend on
+``run_dir/NAME.sock`` and yields it (anything with a ``socket_path``: the
+host keeps it as :attr:`Host.backend` for inspection). Factories are given
+for DPDK testpmd (:func:`dpdk_testpmd`), the reference backend in this
+process (:func:`reference_backend_in_process`, yielding its
+:class:`~vhostcompat.backend.BackendServer`) and the reference backend as its
+own process (:func:`reference_backend_process`).
 
-Every child is stopped by PID and reaped, whatever happens.
+* :func:`run_backend`: the backend (+ proxy), and the socket QEMU is to use;
+* :func:`host`: the backend (+ proxy) + QEMU, stopped in order on exit;
+* :func:`source_and_destination`: hosts "a" and "b" started side by side, the
+  destination's QEMU waiting for an incoming migration.
+
+A host NAME's files in the run directory: ``NAME-backend.*`` (its socket
+``NAME-backend.sock``), ``NAME-proxy.*`` (``.sock``, ``.json`` status, ``.log``)
+and ``NAME-qemu.*``.
 """
 
 from __future__ import annotations
@@ -22,181 +29,147 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
-from vhostcompat.lab.process import ChildProcess, managed_process, wait_until
+from vhostcompat.backend import BackendConfig, BackendServer, serve_backend
+from vhostcompat.lab.commands import (
+    ProxyConfig,
+    ProxyMode,
+    RunningProxy,
+    RunningReferenceBackend,
+    run_proxy,
+    run_reference_backend,
+)
+from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.qemu import QemuVm, RunningQemu, run_qemu
 from vhostcompat.lab.testpmd import RunningTestpmd, TestpmdConfig, run_testpmd
-from vhostcompat.proxy.status import ProxyState, ProxyStatus, StatusFileError, read_status_file
-
-PROXY_START_TIMEOUT = 20.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ProxyConfig:
-    """One ``vhostcompat proxy`` process.
-
-    ``frontend`` / ``backend`` are endpoint texts (``PATH``, ``PATH:server``,
-    ``PATH:client``). The mode is ``profile`` (from ``catalogs``, default the
-    shipped ones) or, with ``db`` and ``iface``, the interface's assigned one.
-    """
-
-    frontend: str
-    backend: str
-    status_file: Path
-    profile: str | None = None
-    catalogs: tuple[Path, ...] = ()
-    db: str | None = None
-    iface: str | None = None
-    reply_timeout: float | None = None
-    backend_timeout: float | None = None
-    debug: bool = False
-
-
-def proxy_argv(config: ProxyConfig) -> list[str]:
-    """The proxy's command line: this Python running the ``vhostcompat`` CLI (pure)."""
-    argv = [sys.executable, "-m", "vhostcompat.cli"]
-    if config.debug:
-        argv.append("-vv")
-    argv += ["proxy", "--frontend", config.frontend, "--backend", config.backend,
-             "--status-file", str(config.status_file)]
-    if config.profile is not None:
-        argv += ["--profile", config.profile]
-    for catalog in config.catalogs:
-        argv += ["--catalog", str(catalog)]
-    if config.db is not None:
-        argv += ["--db", config.db]
-    if config.iface is not None:
-        argv += ["--iface", config.iface]
-    if config.reply_timeout is not None:
-        argv += ["--reply-timeout", f"{config.reply_timeout:g}"]
-    if config.backend_timeout is not None:
-        argv += ["--backend-timeout", f"{config.backend_timeout:g}"]
-    return argv
-
-
-@dataclasses.dataclass(frozen=True)
-class RunningProxy:
-    """A started proxy: its config and process; its status is read from the file."""
-
-    config: ProxyConfig
-    process: ChildProcess
-
-    def status(self) -> ProxyStatus:
-        return read_status_file(self.config.status_file)
-
-    async def wait_for(self, condition: Callable[[ProxyStatus], bool], timeout: float,
-                       what: str) -> ProxyStatus:
-        """Wait (bounded) until the status satisfies ``condition``; that status."""
-        seen: list[ProxyStatus] = []
-
-        def satisfied() -> bool:
-            try:
-                status = self.status()
-            except StatusFileError:
-                return False  # not written yet
-            seen[:] = [status]
-            return condition(status)
-
-        await wait_until(satisfied, timeout, f"proxy status: {what}", watch=[self.process])
-        return seen[0]
-
-    async def wait_for_state(self, state: ProxyState, timeout: float) -> ProxyStatus:
-        return await self.wait_for(lambda status: status.state is state, timeout,
-                                   f"state {state.value}")
-
-
-@contextlib.asynccontextmanager
-async def run_proxy(config: ProxyConfig, run_dir: Path, name: str = "proxy", *,
-                    start_timeout: float = PROXY_START_TIMEOUT) -> AsyncIterator[RunningProxy]:
-    """Start the proxy; ready once it listens/connects (status ``waiting``). Stopped on exit."""
-    config.status_file.unlink(missing_ok=True)
-    async with managed_process(name, proxy_argv(config), run_dir) as process:
-        proxy = RunningProxy(config, process)
-        # A start that fails writes "failed" and exits: keep waiting, so that
-        # the exit is reported with the proxy's log.
-        await proxy.wait_for(
-            lambda status: status.state not in (ProxyState.STARTING, ProxyState.FAILED),
-            start_timeout, "started")
-        yield proxy
-
-
-@dataclasses.dataclass(frozen=True)
-class HostConfig:
-    """One host: testpmd (``tso``), QEMU, and the proxy when ``proxied``.
-
-    ``mode`` is the proxy's ``--profile`` (from ``catalogs``); with ``db`` and
-    ``iface`` the proxy reads the interface's mode from that host store (and
-    records what it negotiated there) when ``mode`` is None.
-    """
-
-    name: str
-    tso: bool = False
-    mode: str | None = None
-    catalogs: tuple[Path, ...] = ()
-    db: str | None = None
-    iface: str | None = None
-    queues: int = 1
-    vm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    reply_timeout: float | None = None
+class Listening(Protocol):
+    """A started vhost-user backend: where it listens."""
 
     @property
-    def proxied(self) -> bool:
-        return self.mode is not None or self.db is not None
+    def socket_path(self) -> Path: ...
+
+
+BackendT = TypeVar("BackendT", bound=Listening)
+SourceT = TypeVar("SourceT", bound=Listening)
+DestinationT = TypeVar("DestinationT", bound=Listening)
+
+BackendFactory: TypeAlias = Callable[[Path, str], AbstractAsyncContextManager[BackendT]]
+"""(run directory, name) -> async context manager starting a backend on ``run_dir/NAME.sock``."""
+
+
+def dpdk_testpmd(*, tso: bool = False, queues: int = 1) -> BackendFactory[RunningTestpmd]:
+    """DPDK testpmd (interactive, as :mod:`vhostcompat.lab.testpmd` runs it)."""
+
+    def factory(run_dir: Path, name: str) -> AbstractAsyncContextManager[RunningTestpmd]:
+        config = TestpmdConfig(run_dir / f"{name}.sock", tso=tso, queues=queues)
+        return run_testpmd(config, run_dir, name)
+
+    return factory
+
+
+def reference_backend_in_process(config: BackendConfig) -> BackendFactory[BackendServer]:
+    """The reference backend served by this process's event loop (its devices inspectable)."""
+
+    def factory(run_dir: Path, name: str) -> AbstractAsyncContextManager[BackendServer]:
+        return serve_backend(config, run_dir / f"{name}.sock")
+
+    return factory
+
+
+def reference_backend_process(options: Sequence[str], *,
+                              verbose: int = 1) -> BackendFactory[RunningReferenceBackend]:
+    """``vhostcompat backend OPTIONS`` as its own process, through the real command line."""
+
+    def factory(run_dir: Path, name: str) -> AbstractAsyncContextManager[
+            RunningReferenceBackend]:
+        return run_reference_backend(run_dir, name, options, verbose=verbose)
+
+    return factory
 
 
 @dataclasses.dataclass(frozen=True)
-class Host:
-    config: HostConfig
-    testpmd: RunningTestpmd
+class Host(Generic[BackendT]):
+    """One started host: its backend, its proxy (None when direct) and its QEMU."""
+
+    name: str
+    backend: BackendT
     proxy: RunningProxy | None
     qemu: RunningQemu
 
 
 @contextlib.asynccontextmanager
-async def run_backend(run_dir: Path, config: HostConfig,
-                      ) -> AsyncIterator[tuple[RunningTestpmd, RunningProxy | None, Path]]:
-    """testpmd, and the proxy in front of it when proxied: both, and the socket QEMU uses."""
-    pmd_socket = run_dir / f"{config.name}-pmd.sock"
-    testpmd_config = TestpmdConfig(pmd_socket, tso=config.tso, queues=config.queues)
+async def run_backend(run_dir: Path, name: str, backend: BackendFactory[BackendT],
+                      proxy: ProxyMode | None = None,
+                      ) -> AsyncIterator[tuple[BackendT, RunningProxy | None, Path]]:
+    """The backend ``NAME-backend`` and, in ``proxy`` mode, ``NAME-proxy`` in front of it.
+
+    Yields both and the socket QEMU is to use (the proxy's, when there is one).
+    """
+    socket_path = run_dir / f"{name}-backend.sock"
     async with contextlib.AsyncExitStack() as stack:
-        if not config.proxied:
-            testpmd = await stack.enter_async_context(
-                run_testpmd(testpmd_config, run_dir, f"{config.name}-testpmd"))
-            yield testpmd, None, pmd_socket
-            return
-        proxy_config = ProxyConfig(
-            frontend=str(run_dir / f"{config.name}.sock"), backend=str(pmd_socket),
-            status_file=run_dir / f"{config.name}-proxy.json", profile=config.mode,
-            catalogs=config.catalogs, db=config.db, iface=config.iface,
-            reply_timeout=config.reply_timeout)
-        # Both take a second or so to start: side by side. Whatever started
+        if proxy is None:
+            started = await stack.enter_async_context(backend(run_dir, f"{name}-backend"))
+            running_proxy = None
+            frontend_path = socket_path
+        else:
+            frontend_path = run_dir / f"{name}-proxy.sock"
+            proxy_config = ProxyConfig(frontend=str(frontend_path), backend=str(socket_path),
+                                       status_file=run_dir / f"{name}-proxy.json", mode=proxy)
+            # Both take a second or so to start: side by side. Whatever started
+            # is on the stack by the time the group ends, so it is cleaned up.
+            async with asyncio.TaskGroup() as group:
+                backend_task = group.create_task(
+                    stack.enter_async_context(backend(run_dir, f"{name}-backend")))
+                proxy_task = group.create_task(stack.enter_async_context(
+                    run_proxy(proxy_config, run_dir, f"{name}-proxy")))
+            started, running_proxy = backend_task.result(), proxy_task.result()
+        if started.socket_path != socket_path:
+            raise LabError(f"host {name}: its backend listens on {started.socket_path}, "
+                           f"not {socket_path}")
+        yield started, running_proxy, frontend_path
+
+
+@contextlib.asynccontextmanager
+async def host(run_dir: Path, name: str, backend: BackendFactory[BackendT], *,
+               proxy: ProxyMode | None = None,
+               vm_options: Mapping[str, Any] | None = None) -> AsyncIterator[Host[BackendT]]:
+    """One host: the backend (+ proxy), then QEMU (``NAME-qemu``) on its socket.
+
+    QEMU starts last: it blocks until its socket answers. Stopped in reverse.
+    """
+    async with run_backend(run_dir, name, backend, proxy) as (started, running_proxy,
+                                                              socket_path):
+        vm = QemuVm(socket_path, **dict(vm_options or {}))
+        async with run_qemu(vm, run_dir, f"{name}-qemu") as qemu:
+            yield Host(name, started, running_proxy, qemu)
+
+
+@contextlib.asynccontextmanager
+async def source_and_destination(
+        run_dir: Path, uri: str, source_backend: BackendFactory[SourceT],
+        destination_backend: BackendFactory[DestinationT], *,
+        source_proxy: ProxyMode | None = None, destination_proxy: ProxyMode | None = None,
+        vm_options: Mapping[str, Any] | None = None,
+        ) -> AsyncIterator[tuple[Host[SourceT], Host[DestinationT]]]:
+    """Hosts "a" (source) and "b" (destination, QEMU waiting for ``uri``), side by side.
+
+    ``vm_options`` apply to both QEMUs (queues, ring sizes and device
+    properties must match for a migration to load).
+    """
+    common = dict(vm_options or {})
+    async with contextlib.AsyncExitStack() as stack:
+        # A TaskGroup cancels the other start if one fails; whatever started
         # is on the stack by the time the group ends, so it is cleaned up.
         async with asyncio.TaskGroup() as group:
-            testpmd_task = group.create_task(stack.enter_async_context(
-                run_testpmd(testpmd_config, run_dir, f"{config.name}-testpmd")))
-            proxy_task = group.create_task(stack.enter_async_context(
-                run_proxy(proxy_config, run_dir, f"{config.name}-proxy")))
-        yield testpmd_task.result(), proxy_task.result(), Path(proxy_config.frontend)
-
-
-@contextlib.asynccontextmanager
-async def run_host(run_dir: Path, config: HostConfig) -> AsyncIterator[Host]:
-    """Start one host; QEMU last (it blocks until its socket answers). Stopped on exit."""
-    async with run_backend(run_dir, config) as (testpmd, proxy, socket_path):
-        vm = QemuVm(socket_path, queues=config.queues, **dict(config.vm_options))
-        async with run_qemu(vm, run_dir, f"{config.name}-qemu") as qemu:
-            yield Host(config, testpmd, proxy, qemu)
-
-
-@contextlib.asynccontextmanager
-async def run_hosts(run_dir: Path, configs: Sequence[HostConfig]) -> AsyncIterator[list[Host]]:
-    """Several hosts started side by side (e.g. a source and a migration destination)."""
-    async with contextlib.AsyncExitStack() as stack:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(stack.enter_async_context(run_host(run_dir, config)))
-                     for config in configs]
-        yield [task.result() for task in tasks]
+            source = group.create_task(stack.enter_async_context(
+                host(run_dir, "a", source_backend, proxy=source_proxy, vm_options=common)))
+            destination = group.create_task(stack.enter_async_context(
+                host(run_dir, "b", destination_backend, proxy=destination_proxy,
+                     vm_options={**common, "incoming": uri, "qtest": False})))
+        yield source.result(), destination.result()

@@ -14,6 +14,11 @@ iPXE drives the NIC and starts vhost on its own), the halt firmware as
 ``-bios``, and unix sockets everywhere. QEMU blocks its whole start, QMP
 included, until the vhost-user socket is connected: start the backend first
 (or, with ``chardev_server=True``, have it connect to QEMU).
+
+What QEMU 7.2's virtio-net-pci changes between a backend's GET_FEATURES
+answer and the features its device offers is stated once here
+(:data:`QEMU_DROPS`, :data:`QEMU_ADDS`, :data:`LEGACY_ONLY`,
+:func:`device_offer`), measured with testpmd and with the reference backend.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vhostcompat.errors import InputError
+from vhostcompat.features import VirtioFeature
 from vhostcompat.lab.errors import LabError, LabTimeoutError, QmpCommandError
 from vhostcompat.lab.firmware import write_halt_firmware
 from vhostcompat.lab.process import (
@@ -54,8 +60,31 @@ MIN_QUEUE_SIZE = 256
 MAX_QUEUE_SIZE = 1024
 MAX_QUEUES = 64
 
+F = VirtioFeature
+# What QEMU's virtio-net-pci drops from the backend's offer: what its device
+# model leaves off by default (properties host_mtu, mq, packed, in_order) and
+# VHOST_F_LOG_ALL, a vhost-only bit for dirty logging no guest ever sees ...
+QEMU_DROPS = (F.VIRTIO_NET_F_MTU | F.VIRTIO_NET_F_MQ | F.VIRTIO_F_RING_PACKED
+              | F.VIRTIO_F_IN_ORDER | F.VHOST_F_LOG_ALL)
+# ... and what it adds, implemented by QEMU itself whatever the backend says:
+# MAC and link status in config space, control-queue commands it handles.
+QEMU_ADDS = (F.VIRTIO_NET_F_MAC | F.VIRTIO_NET_F_STATUS | F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS
+             | F.VIRTIO_NET_F_CTRL_VLAN | F.VIRTIO_NET_F_CTRL_RX_EXTRA
+             | F.VIRTIO_NET_F_CTRL_MAC_ADDR)
+# A modern-only device (disable-legacy=on) hides the legacy-only bits from the driver.
+LEGACY_ONLY = F.VIRTIO_NET_F_GSO | F.VIRTIO_F_ANY_LAYOUT | F.VHOST_USER_F_PROTOCOL_FEATURES
+
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _PROPERTY_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_.-]*")
+
+
+def device_offer(backend_features: VirtioFeature) -> VirtioFeature:
+    """QEMU's ``backend-features`` for a backend offering ``backend_features``.
+
+    Holds with the lab's default device properties, for backends that offer
+    CTRL_VQ and CTRL_RX (QEMU adds those too when a backend lacks them).
+    """
+    return (backend_features & ~QEMU_DROPS) | QEMU_ADDS
 
 
 def _option_value(value: str | Path) -> str:

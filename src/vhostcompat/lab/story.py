@@ -18,7 +18,8 @@ from pathlib import Path
 
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
-from vhostcompat.lab.hosts import HostConfig, run_hosts
+from vhostcompat.lab.commands import ProxyMode
+from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 
 VHOST_TIMEOUT = 10.0
 DESTINATION_EXIT_TIMEOUT = 10.0
@@ -55,11 +56,15 @@ async def play_migration(run_dir: Path, *, mode: str | None = None,
     from its own store and records what was negotiated there.
     """
     uri = f"unix:{run_dir / 'migration.sock'}"
-    store_a, store_b = hosts if hosts is not None else (None, None)
-    source = HostConfig("a", tso=True, mode=mode, db=store_a, iface=iface if hosts else None)
-    destination = HostConfig("b", mode=mode, db=store_b, iface=iface if hosts else None,
-                             vm_options={"incoming": uri, "qtest": False})
-    async with run_hosts(run_dir, [source, destination]) as (host_a, host_b):
+    proxies: tuple[ProxyMode | None, ProxyMode | None] = (None, None)
+    if hosts is not None:
+        proxies = (ProxyMode(mode, db=hosts[0], iface=iface),
+                   ProxyMode(mode, db=hosts[1], iface=iface))
+    elif mode is not None:
+        proxies = (ProxyMode(mode), ProxyMode(mode))
+    async with source_and_destination(run_dir, uri, dpdk_testpmd(tso=True), dpdk_testpmd(),
+                                       source_proxy=proxies[0],
+                                       destination_proxy=proxies[1]) as (host_a, host_b):
         negotiation = await host_a.qemu.driver().initialise()
         before = await qmp.wait_for_vhost_started(host_a.qemu, VHOST_TIMEOUT)
         assert before.vhost_dev is not None  # wait_for_vhost_started guarantees it
@@ -79,7 +84,7 @@ async def play_migration(run_dir: Path, *, mode: str | None = None,
         proxy_mode = host_a.proxy.status().profile if host_a.proxy is not None else None
         return MigrationRun(
             mode=proxy_mode,
-            backend_features=host_a.testpmd.features or VirtioFeature(0),
+            backend_features=host_a.backend.features or VirtioFeature(0),
             offered=before.vhost_dev.features,
             acked=negotiation.acked,
             status=status,

@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, NoReturn, Protocol
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, Protocol
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
 from vhostcompat.features import ProtocolFeature, VirtioFeature
@@ -47,7 +48,7 @@ from vhostcompat.proxy.policy import (
     Refusal,
     negotiated_from,
 )
-from vhostcompat.transport import FdConnection, MessageConnection, TransportError
+from vhostcompat.transport import ConnectionLog, FdConnection, MessageConnection, TransportError
 from vhostcompat.vhostuser import (
     U64,
     Channel,
@@ -70,18 +71,6 @@ _STATE_REQUESTS = frozenset({
     FrontendRequest.GET_VRING_BASE, FrontendRequest.RESET_OWNER,
     FrontendRequest.RESET_DEVICE, FrontendRequest.VRING_KICK,
 })
-
-
-class _Named(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefix every line with the relay's name."""
-
-    def __init__(self, logger: logging.Logger, prefix: str) -> None:
-        super().__init__(logger, {})
-        self.prefix = prefix
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any],
-                ) -> tuple[Any, MutableMapping[str, Any]]:
-        return f"{self.prefix}: {msg}", kwargs
 
 
 class Side(enum.Enum):
@@ -167,7 +156,7 @@ class Relay:
         self.observer: RelayObserver = observer or _NullObserver()
         # One logger for every relay, the connection named in each line: a
         # child logger per connection would stay registered forever.
-        self.log = _Named(_log, name)
+        self.log = ConnectionLog(_log, name)
         self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND)
         self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND)
         # The front-end sees us as its back-end, in the mode's limits; the
@@ -400,8 +389,11 @@ class Relay:
         to_backend = MessageConnection(FdConnection(ours, name="channel-back"),
                                        Channel.BACKEND, Role.FRONTEND)
         self._channel = (to_frontend, to_backend)
-        self._spawn(self._channel_requests, Side.BACKEND, "back-end channel requests")
-        self._spawn(self._channel_replies, Side.FRONTEND, "back-end channel replies")
+        # The back-end's requests and the front-end's replies.
+        self._spawn(functools.partial(self._relay_channel, Side.BACKEND), Side.BACKEND,
+                    "back-end channel requests")
+        self._spawn(functools.partial(self._relay_channel, Side.FRONTEND), Side.FRONTEND,
+                    "back-end channel replies")
         return dataclasses.replace(message, fds=(theirs.detach(),))
 
     def _close_channel(self) -> None:
@@ -410,29 +402,18 @@ class Relay:
                 connection.close()
             self._channel = None
 
-    async def _channel_requests(self) -> None:
+    async def _relay_channel(self, origin: Side) -> None:
+        """Relay what ``origin`` sends on the back-end channel to the other side, to its end."""
         assert self._channel is not None
         to_frontend, to_backend = self._channel
-        while True:
-            request = await to_backend.recv_message()
-            if request is None:
-                self.log.info("the back-end closed its back-end channel")
-                return
+        connections = {Side.FRONTEND: to_frontend, Side.BACKEND: to_backend}
+        sessions = {Side.FRONTEND: self.frontend_session, Side.BACKEND: self.backend_session}
+        towards = Side.FRONTEND if origin is Side.BACKEND else Side.BACKEND
+        while (message := await connections[origin].recv_message()) is not None:
             self.messages += 1
-            await self._relay_on_channel(request, self.backend_session, self.frontend_session,
-                                         to_frontend, Side.FRONTEND)
-
-    async def _channel_replies(self) -> None:
-        assert self._channel is not None
-        to_frontend, to_backend = self._channel
-        while True:
-            reply = await to_frontend.recv_message()
-            if reply is None:
-                self.log.info("the front-end closed the back-end channel")
-                return
-            self.messages += 1
-            await self._relay_on_channel(reply, self.frontend_session, self.backend_session,
-                                         to_backend, Side.BACKEND)
+            await self._relay_on_channel(message, sessions[origin], sessions[towards],
+                                         connections[towards], towards)
+        self.log.info("the %s closed the back-end channel", origin.value)
 
     async def _relay_on_channel(self, message: Message, receiver: Session, sender: Session,
                                 destination: MessageConnection, side: Side) -> None:

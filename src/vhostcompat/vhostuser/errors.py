@@ -29,35 +29,32 @@ class PayloadError(LocalProtocolError):
     """
 
 
-def _describe(request: enum.IntEnum | int | None, ring: int | None, reason: str) -> str:
-    if request is None:
-        where = ""
-    elif isinstance(request, enum.IntEnum):
-        where = request.name
-    else:
-        where = f"request {request}"
-    if ring is not None:
-        where = f"{where} (ring {ring})" if where else f"ring {ring}"
-    return f"{where}: {reason}" if where else reason
+class _MessageErrorFields(Exception):
+    """What both message errors carry (request, ring, reason) and their one-line form."""
+
+    def __init__(self, reason: str, *, request: enum.IntEnum | int | None = None,
+                 ring: int | None = None) -> None:
+        self.reason = reason
+        self.request = request
+        self.ring = ring
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        request, ring = self.request, self.ring
+        if request is None:
+            where = ""
+        elif isinstance(request, enum.IntEnum):
+            where = request.name
+        else:
+            where = f"request {request}"
+        if ring is not None:
+            where = f"{where} (ring {ring})" if where else f"ring {ring}"
+        return f"{where}: {self.reason}" if where else self.reason
 
 
-class RemoteMessageError(RemoteProtocolError):
+class RemoteMessageError(_MessageErrorFields, RemoteProtocolError):
     """The peer sent a message we refuse (codec or session rule)."""
 
-    def __init__(self, reason: str, *, request: enum.IntEnum | int | None = None,
-                 ring: int | None = None) -> None:
-        self.reason = reason
-        self.request = request
-        self.ring = ring
-        super().__init__(_describe(request, ring, reason))
 
-
-class LocalMessageError(LocalProtocolError):
+class LocalMessageError(_MessageErrorFields, LocalProtocolError):
     """We tried to send a message the protocol or the session state forbids."""
-
-    def __init__(self, reason: str, *, request: enum.IntEnum | int | None = None,
-                 ring: int | None = None) -> None:
-        self.reason = reason
-        self.request = request
-        self.ring = ring
-        super().__init__(_describe(request, ring, reason))

@@ -65,6 +65,7 @@ from vhostcompat.vhostuser.requests import (
 
 _F = FrontendRequest
 _P = TypeVar("_P", bound=Payload)
+_Features = TypeVar("_Features", VirtioFeature, ProtocolFeature)
 _LIMIT_64 = 1 << 64
 # Virtio's largest queue size (split rings must also be a power of two).
 MAX_QUEUE_SIZE = 32768
@@ -132,12 +133,8 @@ def _outside(value: int, allowed: int) -> int:
     return int(value) & ~int(allowed)
 
 
-def _virtio_names(value: int) -> str:
-    return "|".join(names(value, VirtioFeature)) or "none"
-
-
-def _protocol_names(value: int) -> str:
-    return "|".join(names(value, ProtocolFeature)) or "none"
+def _names(value: int, kind: type[_Features]) -> str:
+    return "|".join(names(value, kind)) or "none"
 
 
 class Session:
@@ -327,23 +324,30 @@ def _payload(message: Message, kind: type[_P]) -> _P:
     return payload
 
 
-def _set_features(session: Session, message: Message) -> None:
-    features = VirtioFeature(_payload(message, U64).value)
-    offered = session.offered_features
+def _acked_within_offer(message: Message, kind: type[_Features], offered: _Features | None,
+                        offer_request: FrontendRequest, what: str) -> _Features:
+    """What a SET_FEATURES / SET_PROTOCOL_FEATURES acks: refused before the back-end
+    answered ``offer_request``, and when it acks a bit that answer did not offer."""
+    features = kind(_payload(message, U64).value)
     if offered is None:
-        raise _Violation("SET_FEATURES before any GET_FEATURES reply")
+        raise _Violation(f"{message.request.name} before any {offer_request.name} reply")
     unoffered = _outside(features, offered)
     if unoffered:
-        raise _Violation(f"acks features the back-end did not offer: "
-                         f"{_virtio_names(unoffered)} "
-                         f"(offered {offered:#x})")
+        raise _Violation(f"acks {what} the back-end did not offer: "
+                         f"{_names(unoffered, kind)} (offered {offered:#x})")
+    return features
+
+
+def _set_features(session: Session, message: Message) -> None:
+    features = _acked_within_offer(message, VirtioFeature, session.offered_features,
+                                   _F.GET_FEATURES, "features")
     running = session.started_rings()
     previous = session.acked_features
     if running and previous is not None:
         # Only dirty logging may change under running rings (migration).
         changed = _outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
         if changed:
-            raise _Violation(f"changes {_virtio_names(changed)} while rings "
+            raise _Violation(f"changes {_names(changed, VirtioFeature)} while rings "
                              f"{list(running)} are running")
     session.acked_features = features
     if not features & VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES:
@@ -353,14 +357,8 @@ def _set_features(session: Session, message: Message) -> None:
 
 
 def _set_protocol_features(session: Session, message: Message) -> None:
-    features = ProtocolFeature(_payload(message, U64).value)
-    offered = session.offered_protocol_features
-    if offered is None:
-        raise _Violation("SET_PROTOCOL_FEATURES before any GET_PROTOCOL_FEATURES reply")
-    unoffered = _outside(features, offered)
-    if unoffered:
-        raise _Violation(f"acks protocol features the back-end did not offer: "
-                         f"{_protocol_names(unoffered)} (offered {offered:#x})")
+    features = _acked_within_offer(message, ProtocolFeature, session.offered_protocol_features,
+                                   _F.GET_PROTOCOL_FEATURES, "protocol features")
     inband_needs = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
     if features & ProtocolFeature.INBAND_NOTIFICATIONS and features & inband_needs != \
             inband_needs:
