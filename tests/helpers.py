@@ -43,3 +43,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
         status = exit_.code if isinstance(exit_.code, int) else 2
     captured = capsys.readouterr()
     return CliResult(status, captured.out, captured.err)
+
+
+def open_fd_count() -> int:
+    """How many fds this process has open right now (for leak checks)."""
+    return len(os.listdir("/proc/self/fd"))

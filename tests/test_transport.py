@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vhostuser.helpers import close_all, is_open, new_fds, open_fd_count
+from tests.helpers import open_fd_count
+from tests.vhostuser.helpers import close_all, is_open, new_fds
 from vhostcompat.errors import InputError, RemoteProtocolError
 from vhostcompat.transport import (
     ConnectError,

@@ -44,8 +44,6 @@ def run(scenario: Callable[[], Awaitable[None]], timeout: float = TIMEOUT) -> No
     asyncio.run(bounded())
 
 
-def open_fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def new_eventfd() -> int:

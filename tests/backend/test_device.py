@@ -21,11 +21,11 @@ from tests.backend.helpers import (
     RingPlace,
     memfd,
     new_eventfd,
-    open_fd_count,
     read_eventfd,
     readable,
     run,
 )
+from tests.helpers import open_fd_count
 from vhostcompat.backend import BackendConfig, NetDevice, UnsupportedRequestError
 from vhostcompat.backend.memory import LOG_PAGE_SIZE
 from vhostcompat.backend.virtqueue import DescriptorFlags, need_event

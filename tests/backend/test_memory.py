@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.backend.helpers import USER_BASE, FakeGuest, memfd, open_fd_count
+from tests.backend.helpers import USER_BASE, FakeGuest, memfd
+from tests.helpers import open_fd_count
 from vhostcompat.backend.memory import LOG_PAGE_SIZE, DirtyLog, GuestMemory, GuestMemoryError
 from vhostcompat.vhostuser import LogDescription, MemoryRegion
 

@@ -26,9 +26,9 @@ from tests.backend.helpers import (
     Frontend,
     memfd,
     new_eventfd,
-    open_fd_count,
     run,
 )
+from tests.helpers import open_fd_count
 from vhostcompat.backend import BackendServer, serve_backend
 from vhostcompat.vhostuser import (
     U64,

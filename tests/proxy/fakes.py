@@ -70,8 +70,6 @@ def eventfd() -> int:
     return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import open_fd_count
 from tests.proxy.fakes import (
     NARROW,
     TESTPMD_PROTOCOL,
@@ -25,7 +26,6 @@ from tests.proxy.fakes import (
     P,
     PeerClosedError,
     eventfd,
-    open_fds,
     relayed,
 )
 from vhostcompat.proxy import RELAYABLE_PROTOCOL_FEATURES, RelayOutcome
@@ -299,7 +299,7 @@ def test_fds_on_the_backend_channel_need_backend_send_fd(send_fd: bool) -> None:
 
 def test_wrong_fd_count_in_set_mem_table_closes_the_relay_and_its_fds() -> None:
     async def scenario() -> None:
-        before = open_fds()
+        before = open_fd_count()
         async with relayed() as link:
             await link.frontend.handshake()
             regions = (MemoryRegion(0, 0x1000, 0x7F00_0000_0000, 0),
@@ -317,7 +317,7 @@ def test_wrong_fd_count_in_set_mem_table_closes_the_relay_and_its_fds() -> None:
         assert result.outcome is RelayOutcome.FRONTEND_ERROR
         assert "SET_MEM_TABLE" in result.detail and "1 fds received, 2 expected" in result.detail
         assert link.backend.requests(FrontendRequest.SET_MEM_TABLE) == []
-        assert open_fds() == before
+        assert open_fd_count() == before
 
     run(scenario())
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import open_fd_count
 from tests.proxy.fakes import (
     NARROW,
     WAIT,
@@ -20,7 +21,6 @@ from tests.proxy.fakes import (
     FakeBackend,
     FakeFrontend,
     PeerClosedError,
-    open_fds,
 )
 from vhostcompat.proxy import (
     Endpoint,
@@ -249,12 +249,12 @@ def test_a_hundred_cycles_leak_no_fd_and_no_task(short_dir: Path) -> None:
                     await iface.start_backend()
 
             await cycle(0)  # warm up whatever is created once
-            fds, tasks = open_fds(), len(asyncio.all_tasks())
+            fds, tasks = open_fd_count(), len(asyncio.all_tasks())
             for number in range(1, 101):
                 await cycle(number)
             assert iface.server.relays == 101
             assert iface.backend.open_connections == 0
-            assert open_fds() == fds
+            assert open_fd_count() == fds
             assert len(asyncio.all_tasks()) == tasks
 
     run(scenario(), timeout=50)
@@ -360,7 +360,7 @@ def test_breaking_one_interface_leaves_the_other_running(short_dir: Path, how: s
             survivor = await healthy.frontend()
             await negotiate(victim)
             await survivor.handshake()
-            before = open_fds()
+            before = open_fd_count()
 
             await breaker(victim, broken)
             result = await broken.server.wait_idle(WAIT)
@@ -382,7 +382,7 @@ def test_breaking_one_interface_leaves_the_other_running(short_dir: Path, how: s
             await negotiate(again)
             again.close()
             await broken.server.wait_idle(WAIT)
-            assert open_fds() <= before
+            assert open_fd_count() <= before
 
     run(scenario())
 

@@ -45,11 +45,6 @@ from vhostcompat.vhostuser import (
 )
 
 
-def open_fd_count() -> int:
-    """How many fds this process has open right now."""
-    return len(os.listdir("/proc/self/fd"))
-
-
 def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)

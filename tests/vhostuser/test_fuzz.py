@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.vhostuser.helpers import CASES, open_fd_count, sample_message
+from tests.helpers import open_fd_count
+from tests.vhostuser.helpers import CASES, sample_message
 from vhostcompat.errors import RemoteProtocolError
 from vhostcompat.vhostuser import (
     BackendRequest,
