@@ -8,9 +8,11 @@ that prove end-to-end claims must run there. ``run_cli`` runs the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from typing import NamedTuple
+from collections.abc import Awaitable
+from typing import NamedTuple, TypeVar
 
 import pytest
 
@@ -48,3 +50,18 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
 def open_fd_count() -> int:
     """How many fds this process has open right now (for leak checks)."""
     return len(os.listdir("/proc/self/fd"))
+
+
+T = TypeVar("T")
+
+SCENARIO_TIMEOUT = 60.0
+
+
+def run_bounded(coroutine: Awaitable[T], timeout: float = SCENARIO_TIMEOUT) -> T:
+    """Run one asyncio scenario to its end, or fail it after ``timeout`` seconds."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coroutine
+
+    return asyncio.run(bounded())

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.helpers import run_bounded
 from vhostcompat.errors import HostError, InputError
 from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.hoststore import (
@@ -42,7 +43,7 @@ V26 = CompatProfile("upstream.ovs-dpdk.v2.6", VERSION_1, ProtocolFeature.MQ, 8, 
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+    return run_bounded(coroutine, 30.0)
 
 
 def publish(host: Path, *profiles: CompatProfile) -> HostRecord:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Coroutine
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.helpers import run_bounded
 from vhostcompat import manager
 from vhostcompat.errors import InputError
 from vhostcompat.hoststore import (
@@ -27,7 +27,7 @@ V27, V26, FC26 = "upstream.ovs-dpdk.v2.7", "upstream.ovs-dpdk.v2.6", "fc26.ovs-d
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+    return run_bounded(coroutine, 30.0)
 
 
 @pytest.fixture

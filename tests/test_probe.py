@@ -19,6 +19,7 @@ import pytest
 
 from tests.backend.process import backend_process
 from tests.cli.conftest import Cli, cli, no_system_catalog
+from tests.helpers import run_bounded
 from vhostcompat.backend import BackendConfig, serve_backend
 from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.probe import ProbeError, ProbeResult, migration_blockers, probe
@@ -45,9 +46,7 @@ CONFIGS = {
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario, TIMEOUT)
-    asyncio.run(bounded())
+    run_bounded(scenario, TIMEOUT)
 
 
 @pytest.mark.parametrize("label", sorted(CONFIGS))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import open_fd_count
+from tests.helpers import open_fd_count, run_bounded
 from tests.vhostuser.helpers import close_all, is_open, new_fds
 from vhostcompat.errors import InputError, RemoteProtocolError
 from vhostcompat.transport import (
@@ -42,10 +42,7 @@ TIMEOUT = 10.0
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     """Run an async scenario with a bound on its duration."""
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), TIMEOUT)
-    asyncio.run(bounded())
-
+    run_bounded(scenario(), TIMEOUT)
 
 
 def connection_pair() -> tuple[FdConnection, FdConnection]:

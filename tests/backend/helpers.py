@@ -9,6 +9,7 @@ import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from tests.helpers import run_bounded
 from vhostcompat.backend import BackendConfig
 from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.transport import FdConnection, MessageConnection, connect
@@ -39,11 +40,7 @@ CONFIG = BackendConfig.from_options(OFFER, PROTOCOL_OFFER, queue_pairs=1, max_ri
 
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = TIMEOUT) -> None:
     """Run an async scenario with a bound on its duration."""
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), timeout)
-    asyncio.run(bounded())
-
-
+    run_bounded(scenario(), timeout)
 
 
 def new_eventfd() -> int:

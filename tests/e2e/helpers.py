@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
-
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
 from vhostcompat.lab.qemu import RunningQemu
 
-SCENARIO_TIMEOUT = 60.0
 DESTINATION_EXIT_TIMEOUT = 10.0
 
-
-def run_bounded(scenario: Coroutine[Any, Any, None], timeout: float = SCENARIO_TIMEOUT) -> None:
-    """Run one asyncio scenario to its end, or fail it after ``timeout`` seconds."""
-
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario
-
-    asyncio.run(bounded())
 
 
 async def migrate_into_a_failed_load(source: RunningQemu, destination: RunningQemu, uri: str,

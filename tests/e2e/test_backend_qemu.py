@@ -30,9 +30,9 @@ import pytest
 from bench.bench_start import BUILTIN_BACKENDS, measure_once
 from bench.bench_start_backends import reference_backend
 
-from tests.e2e.helpers import SCENARIO_TIMEOUT, migrate_into_a_failed_load
-from tests.e2e.helpers import run_bounded as run
-from tests.helpers import require_tool
+from tests.e2e.helpers import migrate_into_a_failed_load
+from tests.helpers import SCENARIO_TIMEOUT, require_tool
+from tests.helpers import run_bounded as run
 from vhostcompat.backend import BackendConfig, BackendServer, NetDevice
 from vhostcompat.features import VirtioFeature, format_mask
 from vhostcompat.lab import qmp

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import migrate_into_a_failed_load
-from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
+from tests.helpers import run_bounded as run
 from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
 from vhostcompat.lab import qmp
 from vhostcompat.lab.errors import ProcessExitedError, VirtioDriverError

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import run_bounded as run
 from tests.helpers import require_tool
+from tests.helpers import run_bounded as run
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.lab import qmp
 from vhostcompat.lab.commands import run_reference_backend

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import migrate_into_a_failed_load, run_bounded
-from tests.helpers import require_tool
+from tests.e2e.helpers import migrate_into_a_failed_load
+from tests.helpers import require_tool, run_bounded
 from vhostcompat import manager
 from vhostcompat.demo import Act, act_real_story, run_demo
 from vhostcompat.features import VirtioFeature, format_mask

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.helpers import run_bounded
 from vhostcompat.lab.errors import LabTimeoutError, ProcessExitedError
 from vhostcompat.lab.process import managed_process, start_process, wait_for_path, wait_until
 
 PYTHON = sys.executable
 
 
-def run(coroutine: object, timeout: float = 20.0) -> object:
-    async def bounded() -> object:
-        return await asyncio.wait_for(coroutine, timeout)  # type: ignore[arg-type]
+T = TypeVar("T")
 
-    return asyncio.run(bounded())
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
+    return run_bounded(coroutine, timeout)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.helpers import run_bounded
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab.errors import LabTimeoutError, QtestError, VirtioDriverError
 from vhostcompat.lab.qtest import (
@@ -83,11 +85,11 @@ async def scripted_peer(script: Script, timeout: float = 2.0) -> AsyncIterator[Q
             await task
 
 
-def run(coroutine: object, timeout: float = 10.0) -> object:
-    async def bounded() -> object:
-        return await asyncio.wait_for(coroutine, timeout)  # type: ignore[arg-type]
+T = TypeVar("T")
 
-    return asyncio.run(bounded())
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+    return run_bounded(coroutine, timeout)
 
 
 def test_commands_are_formatted_in_hex_and_irq_lines_skipped() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import open_fd_count
+from tests.helpers import open_fd_count, run_bounded
 from tests.proxy.fakes import (
     NARROW,
     TESTPMD_PROTOCOL,
@@ -51,11 +51,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(20):
-            await scenario
-
-    asyncio.run(bounded())
+    run_bounded(scenario, 20)
 
 
 def test_answers_are_the_mode_intersected_with_the_backend() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import open_fd_count
+from tests.helpers import open_fd_count, run_bounded
 from tests.proxy.fakes import (
     NARROW,
     WAIT,
@@ -43,11 +43,7 @@ FAST = ProxyOptions(reply_timeout=1.0, backend_timeout=2.0, max_backoff=0.0,
 
 
 def run(scenario: Coroutine[Any, Any, None], timeout: float = 40) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await scenario
-
-    asyncio.run(bounded())
+    run_bounded(scenario, timeout)
 
 
 class Interface:
