@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from tests.cli.conftest import Cli, cli, no_system_catalog
 from tests.helpers import run_bounded
 from vhostcompat.backend import BackendConfig, serve_backend
 from vhostcompat.features import ProtocolFeature, VirtioFeature
+from vhostcompat.lab.process import wait_until
 from vhostcompat.probe import ProbeError, ProbeResult, migration_blockers, probe
 from vhostcompat.profiles import load_default_catalog
 from vhostcompat.transport import SocketPathError
@@ -65,7 +66,8 @@ def test_the_probe_reports_exactly_what_the_backend_was_told(short_dir: Path,
             assert result.queue_pairs == (config.queue_pairs if mq else None)
             assert result.migration_blockers == migration_blockers(
                 config.features, config.protocol_features if offers_protocol else None)
-            await _wait_for(lambda: len(server.closed) == 1)
+            await wait_until(lambda: len(server.closed) == 1, 5.0,
+                             "the backend to notice the probe closing")
             # Left unconfigured: no owner, no features acked, no memory, no ring.
             device = server.closed[0].device
             assert server.closed[0].reason is None
@@ -82,17 +84,12 @@ def test_set_owner_is_sent_only_when_asked(short_dir: Path) -> None:
         async with serve_backend(CONFIGS["profile v2.7"], short_dir / "v.sock") as server:
             result = await probe(server.socket_path, set_owner=True)
             assert result.owner_set
-            await _wait_for(lambda: len(server.closed) == 1)
+            await wait_until(lambda: len(server.closed) == 1, 5.0,
+                             "the backend to notice the probe closing")
             assert server.closed[0].device.session.owner
 
     run(scenario())
 
-
-async def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_report_lines_and_json() -> None:

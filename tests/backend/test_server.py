@@ -8,7 +8,6 @@ release every fd and mapping it owned, and keep serving the other one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from tests.backend.helpers import (
 )
 from tests.helpers import open_fd_count
 from vhostcompat.backend import BackendServer, serve_backend
+from vhostcompat.lab.process import wait_until
 from vhostcompat.vhostuser import (
     U64,
     FrontendRequest,
@@ -215,11 +215,8 @@ def test_a_bad_input_closes_only_its_own_connection(
 
 
 async def _wait_closed(server: BackendServer, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while len(server.closed) < count:
-        assert loop.time() < deadline, "the backend did not notice the frontend closing"
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(server.closed) >= count, 5.0,
+                     "the backend to notice the frontend closing")
 
 
 def test_a_clean_close_is_not_an_error(short_dir: Path,
