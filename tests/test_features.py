@@ -13,6 +13,7 @@ from vhostcompat.features import (
     bit_numbers,
     format_mask,
     names,
+    outside,
     parse,
     parse_protocol,
     parse_virtio,
@@ -109,3 +110,10 @@ def test_any_mask_round_trips_through_names_and_hex(mask: int) -> None:
 def test_complement_keeps_unknown_bits(value: int, offered: int) -> None:
     assert int(VirtioFeature(value) & ~VirtioFeature(offered)) == value & ~offered
     assert int(ProtocolFeature(value) & ~ProtocolFeature(offered)) == value & ~offered
+
+
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1),
+       st.integers(min_value=0, max_value=(1 << 64) - 1))
+def test_outside_is_the_bits_not_allowed(value: int, allowed: int) -> None:
+    assert outside(value, allowed) == value & ~allowed
+    assert outside(VirtioFeature(value), ProtocolFeature(allowed)) == value & ~allowed

@@ -159,6 +159,15 @@ _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 _BIT = re.compile(r"bit\s*([0-9]{1,2})")
 
 
+def outside(value: int, allowed: int) -> int:
+    """The bits of ``value`` not in ``allowed``, unknown bits included.
+
+    Plain 64-bit ints, so it serves any flag type (feature words, ring address
+    flags) whatever bits its enum defines.
+    """
+    return int(value) & ~int(allowed) & MASK64
+
+
 def bit_numbers(value: int) -> list[int]:
     """The bit numbers set in a 64-bit value, lowest first."""
     return [bit for bit in range(64) if value >> bit & 1]

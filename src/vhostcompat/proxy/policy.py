@@ -27,7 +27,7 @@ import functools
 import operator
 from dataclasses import dataclass
 
-from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
+from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask, outside
 from vhostcompat.profiles import CompatProfile, feature_labels
 from vhostcompat.vhostuser import (
     U64,
@@ -59,11 +59,6 @@ RING_REQUESTS = frozenset({
 def _labels(value: VirtioFeature | ProtocolFeature) -> str:
     return ", ".join(feature_labels(value)) or "none"
 
-
-def outside(value: int, allowed: int) -> int:
-    """Bits of ``value`` not in ``allowed``, unknown bits included (plain ints:
-    ``~`` on an IntFlag only inverts the members it defines)."""
-    return int(value) & ~int(allowed)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
-from vhostcompat.features import ProtocolFeature, VirtioFeature, names
+from vhostcompat.features import ProtocolFeature, VirtioFeature, names, outside
 from vhostcompat.vhostuser.codec import Message, close_fds
 from vhostcompat.vhostuser.errors import LocalMessageError, RemoteMessageError
 from vhostcompat.vhostuser.payloads import (
@@ -126,11 +126,6 @@ class _Violation(Exception):
         self.reason = reason
         self.ring = ring
 
-
-def _outside(value: int, allowed: int) -> int:
-    """Bits of ``value`` not in ``allowed``, on plain ints: ``~`` on an IntFlag
-    only inverts the bits the enum defines, and unknown bits must count too."""
-    return int(value) & ~int(allowed)
 
 
 def _names(value: int, kind: type[_Features]) -> str:
@@ -331,7 +326,7 @@ def _acked_within_offer(message: Message, kind: type[_Features], offered: _Featu
     features = kind(_payload(message, U64).value)
     if offered is None:
         raise _Violation(f"{message.request.name} before any {offer_request.name} reply")
-    unoffered = _outside(features, offered)
+    unoffered = outside(features, offered)
     if unoffered:
         raise _Violation(f"acks {what} the back-end did not offer: "
                          f"{_names(unoffered, kind)} (offered {offered:#x})")
@@ -345,7 +340,7 @@ def _set_features(session: Session, message: Message) -> None:
     previous = session.acked_features
     if running and previous is not None:
         # Only dirty logging may change under running rings (migration).
-        changed = _outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
+        changed = outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
         if changed:
             raise _Violation(f"changes {_names(changed, VirtioFeature)} while rings "
                              f"{list(running)} are running")
@@ -469,7 +464,7 @@ def _set_vring_num(session: Session, message: Message) -> None:
 
 def _set_vring_addr(session: Session, message: Message) -> None:
     address = _payload(message, VringAddress)
-    unknown = _outside(address.flags, VringAddressFlags.LOG)
+    unknown = outside(address.flags, VringAddressFlags.LOG)
     if unknown:
         raise _Violation(f"unknown vring address flags {unknown:#x}", address.index)
     # Virtio's alignment rules: split rings 16/2/4, packed rings 16/4/4.
