@@ -72,6 +72,8 @@ def check_negotiated(state: NegotiatedState, offered: CompatProfile,
         ("protocol_features", state.acked_protocol_features),
         ("max_queue_pairs", state.queue_pairs),
         ("max_ring_size", state.ring_size),
+        ("machine_types", None if state.machine_type is None
+         else frozenset({state.machine_type})),
     ]
     shortfalls: list[Shortfall] = []
     for name, in_use in wanted:
