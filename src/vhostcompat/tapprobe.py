@@ -10,10 +10,13 @@ Three questions, each asked of the real thing:
    ``host-features`` it offers, read over QMP and decoded by us (QEMU 10.0.2
    mislabels GUEST_USO6), and the property values the machine type sets.
 
-The result's ``features`` is what a modern guest driver is offered (the
-qtest driver reads exactly that mask from the device); :meth:`as_profile`
-turns it, with the binary's machine types, into a catalog entry so that a
-host publishes what it really offers.
+The result's ``features`` is QEMU's ``host-features``: what its device
+offers and what its migration load checks a guest's features against
+("Allowed features: 0x..."). A modern driver sees those minus the
+legacy-only bits (``driver_offer``; the qtest driver reads exactly that mask
+from the device). :meth:`as_profile` turns the offer, with the binary's
+machine types, into a catalog entry so that a host publishes what it really
+offers.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class TapProbeResult:
 
     @property
     def features(self) -> VirtioFeature:
+        return self.device.host_features
+
+    @property
+    def driver_offer(self) -> VirtioFeature:
         return self.device.guest_offer
 
     @property
@@ -99,6 +106,8 @@ class TapProbeResult:
                        "virtio-net in userspace on the tap)")
         out.append(f"features offered to a guest: {int(self.features):#x}")
         out += [f"  {label}" for label in feature_labels(self.features)]
+        out.append(f"a modern (virtio 1.x) driver sees: {int(self.driver_offer):#x} "
+                   "(legacy-only bits hidden)")
         out.append(f"machine types: {len(self.binary.machines.versioned)} versioned "
                    f"(q35 is {self.binary.machines.aliases.get('q35', '?')})")
         return out
@@ -111,7 +120,8 @@ class TapProbeResult:
             "machine_types": sorted(self.binary.machines.versioned),
             "features": {"mask": f"{int(self.features):#x}",
                          "names": names(self.features, VirtioFeature)},
-            "host_features": {"mask": f"{int(self.device.host_features):#x}"},
+            "driver_offer": {"mask": f"{int(self.driver_offer):#x}",
+                             "names": names(self.driver_offer, VirtioFeature)},
             "tap_offloads": self.offloads.to_json(),
             "vhost_net": self.vhost_net.to_json(),
             "properties": dict(self.device.property_values),

@@ -181,11 +181,15 @@ class QemuPaths:
     firmware: Path
     qmp: Path
     qtest: Path
+    management_qmp: Path | None = None
+    """A second QMP monitor for management tools (``vhostcompat record --qmp``),
+    as libvirt or a host agent would have: the lab holds the first one."""
 
     @classmethod
     def in_directory(cls, run_dir: Path, name: str) -> QemuPaths:
         return cls(firmware=run_dir / "halt.bin", qmp=run_dir / f"{name}.qmp",
-                   qtest=run_dir / f"{name}.qtest")
+                   qtest=run_dir / f"{name}.qtest",
+                   management_qmp=run_dir / f"{name}-mgmt.qmp")
 
 
 def device_properties(vm: QemuVm) -> dict[str, str]:
@@ -247,6 +251,8 @@ def qemu_argv(vm: QemuVm, paths: QemuPaths) -> list[str]:
         "-device", device,
         "-qmp", f"unix:{_option_value(paths.qmp)},server=on,wait=off",
     ]
+    if paths.management_qmp is not None:
+        argv += ["-qmp", f"unix:{_option_value(paths.management_qmp)},server=on,wait=off"]
     if vm.qtest:
         argv += ["-qtest", f"unix:{_option_value(paths.qtest)}", "-qtest-log", "/dev/null"]
     if vm.incoming is not None:

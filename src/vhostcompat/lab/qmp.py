@@ -148,19 +148,26 @@ class VirtioStatus:
                                   f"unexpected answer for {path}: {error!r}") from None
 
 
+def virtio_net_path(devices: object, wanted: str, where: str) -> str:
+    """The QOM path of the virtio-net with id ``wanted`` in an ``x-query-virtio`` answer."""
+    if not isinstance(devices, list):
+        raise QmpCommandError("x-query-virtio", f"{where}: answered {devices!r}")
+    paths = [str(device.get("path")) for device in devices
+             if isinstance(device, dict) and device.get("name") == VIRTIO_NET_NAME]
+    for path in paths:
+        if f"/{wanted}/" in path:
+            return path
+    raise QmpCommandError("x-query-virtio",
+                          f"{where}: no virtio-net with id {wanted!r} among {paths}")
+
+
 async def find_virtio_net_path(qemu: RunningQemu, device_id: str | None = None) -> str:
     """The QOM path of the virtio-net device (``.../net0/virtio-backend``).
 
     ``device_id`` picks one when there are several (default: the VM's).
     """
     wanted = qemu.vm.device_id if device_id is None else device_id
-    devices = await qemu.execute("x-query-virtio")
-    paths = [device["path"] for device in devices if device.get("name") == VIRTIO_NET_NAME]
-    for path in paths:
-        if f"/{wanted}/" in path:
-            return str(path)
-    raise QmpCommandError("x-query-virtio",
-                          f"{qemu.name}: no virtio-net with id {wanted!r} among {paths}")
+    return virtio_net_path(await qemu.execute("x-query-virtio"), wanted, qemu.name)
 
 
 async def virtio_status(qemu: RunningQemu, path: str | None = None) -> VirtioStatus:
