@@ -134,13 +134,16 @@ async def probe_tap(binary: str, machine: str = DEFAULT_MACHINE, *,
                     vhost_net_path: Path = VHOST_NET_PATH) -> TapProbeResult:
     """Probe the kernel's tap backend, then ``binary`` on ``machine`` with a tap.
 
-    The kernel goes first: without a tap (no /dev/net/tun, no CAP_NET_ADMIN)
-    QEMU could not open one either, and the kernel's error is the clear one.
+    The binary and machine type are checked first (no root needed to be told
+    they are wrong), then the kernel: without a tap (no /dev/net/tun, no
+    CAP_NET_ADMIN) QEMU could not open one either, and the kernel's error is
+    the clear one. Only then is QEMU started.
     """
     started = time.monotonic()
+    facts = await binary_facts(binary)
+    facts.resolve_machine(machine)
     offloads = probe_tap_offloads(tun_path)
     vhost_net = probe_vhost_net(vhost_net_path)
-    facts = await binary_facts(binary)
     device = await device_facts(facts, machine, tap=probe_tap_name())
     return TapProbeResult(facts, machine, device, offloads, vhost_net,
                           time.monotonic() - started)

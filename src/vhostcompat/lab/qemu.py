@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -51,6 +53,9 @@ from vhostcompat.lab.qtest import QtestClient, VirtioNetPciDriver, qtest_listene
 logger = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
+# QEMU 10.0, unpacked privately by scripts/qemu10.sh beside the installed 7.2.
+QEMU10_ENV = "VHOSTCOMPAT_QEMU10"
+QEMU10_WRAPPER = "qemu-system-x86_64-10.0"
 DEFAULT_MAC = "52:54:00:12:34:56"
 DEFAULT_DEVICE_ID = "net0"
 # ``q35`` is an alias of the binary's newest q35 machine (pc-q35-7.2 on QEMU
@@ -92,6 +97,11 @@ def device_offer(backend_features: VirtioFeature) -> VirtioFeature:
     CTRL_VQ and CTRL_RX (QEMU adds those too when a backend lacks them).
     """
     return (backend_features & ~QEMU_DROPS) | QEMU_ADDS
+
+
+def qemu10_binary() -> str:
+    """QEMU 10.0: ``$VHOSTCOMPAT_QEMU10``, else the wrapper in this environment's bin."""
+    return os.environ.get(QEMU10_ENV) or str(Path(sys.prefix) / "bin" / QEMU10_WRAPPER)
 
 
 def _option_value(value: str | Path) -> str:
