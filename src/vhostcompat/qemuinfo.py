@@ -28,6 +28,7 @@ from pathlib import Path
 from vhostcompat.errors import InputError, VhostCompatError
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab.errors import LabError
+from vhostcompat.lab.process import bounded_output
 from vhostcompat.lab.qemu import LEGACY_ONLY, QemuVm, run_qemu
 from vhostcompat.lab.qmp import virtio_status
 
@@ -62,20 +63,13 @@ def resolve_binary(binary: str) -> str:
 async def _output(binary: str, *args: str) -> str:
     path = resolve_binary(binary)
     try:
-        process = await asyncio.create_subprocess_exec(
-            path, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+        _status, out = await bounded_output([path, *args], HELP_TIMEOUT)
     except OSError as error:
         raise QemuBinaryError(binary, f"cannot run: {error.strerror}") from None
-    try:
-        async with asyncio.timeout(HELP_TIMEOUT):
-            out, _ = await process.communicate()
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise QemuBinaryError(binary, f"{' '.join(args)}: no answer within "
                               f"{HELP_TIMEOUT:g} s (not QEMU?)") from None
-    return out.decode(errors="replace")
+    return out
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ parallel tests never meet each other's devices.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator
 
 from vhostcompat.lab.errors import LabError
+from vhostcompat.lab.process import bounded_output
 
 IP = "ip"
 IP_TIMEOUT = 10.0
@@ -32,19 +32,14 @@ def unique_tap_name(prefix: str = "vct") -> str:
 
 
 async def _ip(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        IP, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
     try:
-        async with asyncio.timeout(IP_TIMEOUT):
-            out, _ = await process.communicate()
+        status, out = await bounded_output([IP, *args], IP_TIMEOUT)
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise LabError(f"ip {' '.join(args)}: no answer within {IP_TIMEOUT:g} s") from None
-    if process.returncode != 0:
-        raise LabError(f"ip {' '.join(args)}: exit {process.returncode}: "
-                       f"{out.decode(errors='replace').strip()}")
+    except OSError as error:
+        raise LabError(f"ip {' '.join(args)}: cannot run: {error.strerror}") from None
+    if status != 0:
+        raise LabError(f"ip {' '.join(args)}: exit {status}: {out.strip()}")
 
 
 @contextlib.asynccontextmanager
