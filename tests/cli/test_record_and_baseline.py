@@ -66,3 +66,16 @@ def test_baseline_prints_a_catalog_entry_every_host_satisfies(tmp_path: Path, cl
                "common.v1").status == 0
     bad = cli("baseline", host_a, host_b, "--name", "has space")
     assert bad.status == 2 and "invalid version string" in bad.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "give a vhost-user SOCKET to probe, or --tap"),
+    (["/tmp/x.sock", "--machine", "q35"], "--machine only go with --tap"),
+    (["--tap", "/tmp/x.sock"], "--tap probes the tap backend: no SOCKET, no --set-owner"),
+    (["--tap", "--as-profile", "a b"], "--as-profile: invalid version string 'a b'"),
+])
+def test_probe_options_that_do_not_go_together(cli: Cli, argv: list[str],
+                                               message: str) -> None:
+    result = cli("probe", *argv)
+    assert result.status == 2
+    assert result.stderr == f"vhostcompat: {message}\n"
