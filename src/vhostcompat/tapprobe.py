@@ -21,12 +21,12 @@ offers.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vhostcompat.features import VirtioFeature, names
+from vhostcompat.lab.tap import unique_tap_name
 from vhostcompat.profiles import CompatProfile, feature_labels
 from vhostcompat.qemuinfo import (
     BinaryFacts,
@@ -45,11 +45,6 @@ from vhostcompat.tap import (
 )
 
 DEFAULT_MACHINE = "q35"
-
-
-def probe_tap_name() -> str:
-    """A tap name of our own for the probing QEMU (at most 15 characters)."""
-    return f"vcp{os.getpid() % 10**8}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +139,7 @@ async def probe_tap(binary: str, machine: str = DEFAULT_MACHINE, *,
     facts.resolve_machine(machine)
     offloads = probe_tap_offloads(tun_path)
     vhost_net = probe_vhost_net(vhost_net_path)
-    device = await device_facts(facts, machine, tap=probe_tap_name())
+    # QEMU creates this transient tap and it goes when QEMU exits.
+    device = await device_facts(facts, machine, tap=unique_tap_name("vcp"))
     return TapProbeResult(facts, machine, device, offloads, vhost_net,
                           time.monotonic() - started)
