@@ -195,3 +195,10 @@ def test_a_qemu_without_uso_properties_never_offers_uso() -> None:
     assert pinning.properties == ()
     assert any(note.startswith("QEMU 7.2.22 has no such property and never offers")
                and "VIRTIO_NET_F_HOST_USO (host_uso)" in note for note in pinning.notes)
+
+
+def test_without_a_binary_the_profiles_machine_types_are_named() -> None:
+    pinning = pin_frontend(NO_USO)
+    assert pinning.machine is None
+    assert any(note.startswith("the profile allows machine types up to pc-q35-7.2")
+               for note in pinning.notes)

@@ -215,6 +215,10 @@ def pin_frontend(profile: CompatProfile, target: QemuTarget | None = None) -> Fr
     satisfiable = _queue_properties(profile, properties, notes)
     notes.append("protocol features have no device property: the backend (or the "
                  "enforcement proxy) limits them")
+    if target is None and profile.machine_types is not None:
+        newest = newest_machine_type(profile.machine_types)
+        notes.append(f"the profile allows machine types up to {newest or 'none of q35'}: "
+                     "give --qemu BINARY to check the binary has it and pin its defaults")
     if target is not None:
         if profile.machine_types is not None and target.machine not in profile.machine_types:
             satisfiable = False

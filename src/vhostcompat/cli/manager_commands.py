@@ -1,4 +1,5 @@
-"""Orchestrator subcommands: ``select``, ``provision``, ``check-migration``, ``matrix``."""
+"""Orchestrator subcommands: ``select``, ``baseline``, ``provision``, ``check-migration``,
+``matrix``."""
 
 from __future__ import annotations
 
