@@ -333,7 +333,9 @@ def act_uso_story(stage: Stage) -> None:
     stage.vhostcompat("publish", "--db", "uso-a", "--catalog", "uso-a.toml",
                       "--catalog", "uso-common.toml")
     status, output = stage.vhostcompat("select", "uso-a", "uso-b")
-    stage.expect(status == 0 and output.strip() == USO_COMMON, f"select should be {USO_COMMON}")
+    stage.expect(status == 0 and output.split() == [USO_COMMON, "machine", "type:",
+                                                     "pc-q35-7.2"],
+                 f"select should be {USO_COMMON} on machine type pc-q35-7.2")
     stage.vhostcompat("provision", "uso-a", "uso-b", "--iface", "tap-vm4")
     stage.vhostcompat("assign", "--db", "uso-a", "--iface", "tap-vm5",
                       "--version", "uso.qemu-10.0")

@@ -30,7 +30,7 @@ from vhostcompat.profiles import (
     profile_to_mapping,
     select_version,
 )
-from vhostcompat.profiles.baseline import Baseline, baseline_profile
+from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
 from vhostcompat.profiles.catalog import catalog_entry_text
 
 JsonObject = dict[str, object]
@@ -91,17 +91,22 @@ async def assign(address: str, interface: str, version: str) -> None:
 class SelectionReport:
     hosts: tuple[str, ...]
     selection: Selection
+    machine_type: str | None = None
+    """The newest q35 machine type of the selected version (every host has it: each
+    publishes or satisfies the version, machine types included); None when the
+    version names no machine types."""
 
     def to_json(self) -> JsonObject:
         selection = self.selection
         return {"version": selection.version, "pinned": selection.pinned,
                 "hosts": list(self.hosts), "candidates": list(selection.candidates),
                 "lacking": {host: list(missing) for host, missing in selection.lacking},
-                "reasons": list(selection.reasons)}
+                "reasons": list(selection.reasons), "machine_type": self.machine_type}
 
     def lines(self) -> list[str]:
         if self.selection.version is not None:
-            return [self.selection.version]
+            return [self.selection.version, *([f"machine type: {self.machine_type}"]
+                                              if self.machine_type else [])]
         return [("pinned version refused" if self.selection.pinned else "no common version"),
                 *(f"  {reason}" for reason in self.selection.reasons)]
 
@@ -118,7 +123,13 @@ async def select(addresses: Sequence[str], prefer: str | None = None) -> Selecti
     selection = select_version({host.address: host.versions for host in hosts}, prefer,
                                profiles={host.address: published_profiles(host)
                                          for host in hosts})
-    return SelectionReport(tuple(addresses), selection)
+    machine_type = None
+    if selection.version is not None:
+        content = next((profile for host in hosts
+                        if (profile := host.profile(selection.version)) is not None), None)
+        if content is not None and content.machine_types is not None:
+            machine_type = newest_machine_type(content.machine_types)
+    return SelectionReport(tuple(addresses), selection, machine_type)
 
 
 @dataclass(frozen=True)

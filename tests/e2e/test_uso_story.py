@@ -150,6 +150,7 @@ def test_the_uso_failure_reproduced_then_prevented(cli: Cli, taps: str, lab_dir:
                "--catalog", str(common)).status == 0
     selection = json.loads(cli("select", "--json", host_a, host_b).stdout)
     assert selection["version"] == COMMON
+    assert selection["machine_type"] == "pc-q35-7.2"
     assert f"{host_b} satisfies {COMMON} by content (its lab.qemu-7.2)" in selection["reasons"]
     assert cli("provision", host_a, host_b, "--iface", "tap-vm").status == 0
     assert cli("assign", "--db", host_a, "--iface", "tap-uso",
