@@ -37,6 +37,7 @@ from tests.helpers import require_root, require_tool, run_bounded, run_cli
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
 from vhostcompat.lab.qemu import LEGACY_ONLY, QemuVm, RunningQemu, qemu10_binary, run_qemu
+from vhostcompat.lab.qtest import DeviceStatus
 from vhostcompat.lab.story import play_migration
 from vhostcompat.lab.tap import tap_device
 from vhostcompat.lab.uso import TapSide, play_tap_migration
@@ -202,7 +203,7 @@ def test_the_uso_failure_reproduced_then_prevented(cli: Cli, taps: str, lab_dir:
     assert passed.status == "completed", passed
     assert passed.destination_features == passed.acked
     assert passed.destination_device is not None
-    assert "DRIVER_OK" in repr(passed.destination_device)
+    assert DeviceStatus.DRIVER_OK in passed.destination_device
     assert passed.destination_run_state == "running"
     assert passed.transmitted
 

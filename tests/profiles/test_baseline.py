@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vhostcompat.errors import InputError
 from vhostcompat.features import ProtocolFeature, VirtioFeature
@@ -13,6 +15,7 @@ from vhostcompat.profiles import (
     Rule,
     check_destination,
     check_negotiated,
+    compare_profiles,
     parse_catalog_text,
     select_version,
 )
@@ -98,3 +101,23 @@ def test_a_recorded_machine_type_must_be_among_the_destinations() -> None:
     assert shortfall.key == "machine_types"
     assert "'pc-q35-10.0'" in shortfall.reason
     assert check_negotiated(NegotiatedState(machine_type="pc-q35-7.2"), QEMU72) == ()
+
+
+machine_names = st.sampled_from([f"pc-q35-{major}.{minor}" for major in (2, 7, 9, 10)
+                                 for minor in (0, 2)])
+offers = st.builds(
+    CompatProfile, st.just("offer"), st.integers(0, (1 << 64) - 1).map(F),
+    st.none() | st.integers(0, (1 << 20) - 1).map(ProtocolFeature),
+    st.none() | st.integers(1, 64), st.none() | st.integers(1, 32768),
+    machine_types=st.none() | st.frozensets(machine_names, max_size=6))
+
+
+@given(st.lists(offers, min_size=1, max_size=4))
+def test_every_host_satisfies_its_baseline(profiles: list[CompatProfile]) -> None:
+    result = baseline_profile("common", [(f"h{index}", profile)
+                                         for index, profile in enumerate(profiles)])
+    for profile in profiles:
+        assert compare_profiles(result.profile, profile) == ()
+    if result.machine_type is not None:
+        assert all(profile.machine_types is not None and
+                   result.machine_type in profile.machine_types for profile in profiles)
