@@ -1,4 +1,4 @@
-"""Host subcommands: ``publish``, ``versions``, ``assign``, ``record``.
+"""Host subcommands: ``publish``, ``assign``, ``record``.
 
 A HOST is an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``, comma-separated
 members) or a directory path (the embedded store; ``publish`` creates it).
@@ -29,12 +29,6 @@ def publish(args: argparse.Namespace) -> int:
         emit_json({"host": record.address, "versions": list(record.versions)})
     else:
         print(f"{record.address}: published {', '.join(record.versions)}")
-    return EXIT_OK
-
-
-def versions(args: argparse.Namespace) -> int:
-    report = run(manager.versions(args.hosts))
-    emit_report(args, report)
     return EXIT_OK
 
 
@@ -76,11 +70,6 @@ def register(subparsers: Subparsers) -> None:
     add_host_option(parser, "--db", extra="; an embedded store is created if needed")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
-
-    parser = add_command(subparsers, "versions", versions,
-                         summary="the versions each host publishes",
-                         description="List the versions each host publishes.")
-    add_host_option(parser, "hosts", nargs="+")
 
     parser = add_command(
         subparsers, "assign", assign,
