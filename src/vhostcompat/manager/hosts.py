@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vhostcompat.errors import InputError, UnknownVersionError
 from vhostcompat.hoststore import HostRecord, NotPublishedError, open_host
 from vhostcompat.manager.sources import (
     Gathered,
@@ -28,6 +29,7 @@ from vhostcompat.profiles import (
 )
 from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
 from vhostcompat.profiles.catalog import catalog_entry_text
+from vhostcompat.profiles.model import VERSION_PATTERN
 
 JsonObject = dict[str, object]
 
@@ -133,9 +135,27 @@ def version_contents(hosts: Sequence[HostRecord], version: str) -> CompatProfile
                  if (profile := host.profile(version)) is not None), None)
 
 
+def require_known(version: str, hosts: Sequence[HostRecord], catalog: Catalog | None) -> None:
+    """Refuse a version string no host publishes and no catalog defines."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise InputError(f"invalid version string {version!r}")
+    if any(version in host.versions for host in hosts):
+        return
+    if catalog is not None and catalog.find(version) is not None:
+        return
+    raise UnknownVersionError(f"unknown version {version!r}: no host publishes it"
+                              + (" and no catalog defines it" if catalog is not None else ""))
+
+
 def select_from_records(hosts: Sequence[HostRecord],
                         prefer: str | None = None) -> SelectionReport:
-    """The first version every host publishes or satisfies by content (or the pinned one)."""
+    """The first version every host publishes or satisfies by content (or the pinned one).
+
+    A pinned version no host publishes is :class:`UnknownVersionError` (exit 2):
+    nobody can support it, by name or by content.
+    """
+    if prefer is not None:
+        require_known(prefer, hosts, None)
     selection = select_version({host.address: host.versions for host in hosts}, prefer,
                                profiles={host.address: published_profiles(host)
                                          for host in hosts})
