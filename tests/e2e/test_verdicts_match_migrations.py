@@ -13,15 +13,15 @@ a frame the adopted guest posts on its TX ring comes back used.
 
 The verdict is a yes exactly when the guest is served afterwards:
 
-=================  =====================  ===============================  ==========================
-case               destination publishes  guest                             what really happens
-=================  =====================  ===============================  ==========================
-same version       e2e.full               acks indirect descriptors        served
-unacked feature    e2e.no-indirect        never acks them                  served (running-guest)
-acked feature      e2e.no-indirect        acks them                        QEMU's load fails
-bigger rings       e2e.short-rings        rings of 1024                    "completed", NIC dead
-more queue pairs   e2e.one-pair           2 queue pairs                    destination cannot start
-=================  =====================  ===============================  ==========================
+=================  =====================  ==========================  ==========================
+case               destination publishes  guest                       what really happens
+=================  =====================  ==========================  ==========================
+same version       e2e.full               acks indirect descriptors   served
+unacked feature    e2e.no-indirect        never acks them             served (running-guest)
+acked feature      e2e.no-indirect        acks them                   QEMU's load fails
+bigger rings       e2e.short-rings        rings of 1024               "completed", NIC dead
+more queue pairs   e2e.one-pair           2 queue pairs               destination cannot start
+=================  =====================  ==========================  ==========================
 """
 
 from __future__ import annotations
