@@ -15,7 +15,7 @@ from vhostcompat.profiles import Catalog, NegotiatedState, load_catalog
 T = TypeVar("T")
 F = VirtioFeature
 
-BIG, BIG_RENAMED, SMALL = "test.big", "test.big-renamed", "test.small"
+BIG, BIG_RENAMED, SMALL, TSO = "test.big", "test.big-renamed", "test.small", "test.tso"
 IFACE = "vhu0"
 COMMON_FEATURES = ["VIRTIO_NET_F_CSUM", "VIRTIO_NET_F_MRG_RXBUF", "VIRTIO_NET_F_MQ",
                    "VHOST_F_LOG_ALL", "VHOST_USER_F_PROTOCOL_FEATURES", "VIRTIO_F_VERSION_1"]
@@ -31,10 +31,12 @@ def _entry(version: str, extra: list[str], pairs: int, ring: int) -> str:
 
 
 # Newest first: big (indirect descriptors, 2 queue pairs, rings of 1024), the same
-# under another name, small (no indirect descriptors, 1 queue pair, rings of 256).
+# under another name, small (no indirect descriptors, 1 queue pair, rings of 256),
+# and tso (small plus HOST_TSO4: neither it nor small satisfies the other).
 CATALOG_TEXT = (_entry(BIG, ["VIRTIO_RING_F_INDIRECT_DESC"], 2, 1024)
                 + _entry(BIG_RENAMED, ["VIRTIO_RING_F_INDIRECT_DESC"], 2, 1024)
-                + _entry(SMALL, [], 1, 256))
+                + _entry(SMALL, [], 1, 256)
+                + _entry(TSO, ["VIRTIO_NET_F_HOST_TSO4"], 1, 128))
 
 SMALL_ACKED = (F.VIRTIO_NET_F_CSUM | F.VIRTIO_NET_F_MRG_RXBUF | F.VIRTIO_NET_F_MQ
                | F.VHOST_USER_F_PROTOCOL_FEATURES | F.VIRTIO_F_VERSION_1)
