@@ -44,10 +44,10 @@ async def read_host(address: str) -> HostRecord:
         return await store.read()
 
 
-async def read_hosts(addresses: Sequence[str], source: RecordSource | None = None,
+async def read_hosts(addresses: Sequence[str], *, records: RecordSource | None = None,
                      what: str = "reading hosts") -> list[HostRecord]:
     """Every host's record, in the order given; :class:`FleetError` if any failed."""
-    gathered = await default_source(source).gather(addresses)
+    gathered = await default_source(records).gather(addresses)
     return gathered.require_all(what)
 
 
@@ -90,10 +90,10 @@ class VersionsReport:
                 for host in self.hosts]
 
 
-async def versions(addresses: Sequence[str], source: RecordSource | None = None,
+async def versions(addresses: Sequence[str], *, records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> VersionsReport:
     """Each host's versions; a host that cannot be read is listed with its reason."""
-    gathered = await default_source(source).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress)
     return VersionsReport(tuple(gathered.records[address] for address in gathered.addresses
                                 if address in gathered.records),
                           tuple(gathered.failure_list()))
@@ -167,11 +167,11 @@ def select_from_records(hosts: Sequence[HostRecord],
     return SelectionReport(tuple(host.address for host in hosts), selection, machine_type)
 
 
-async def select(addresses: Sequence[str], prefer: str | None = None,
-                 source: RecordSource | None = None,
+async def select(addresses: Sequence[str], prefer: str | None = None, *,
+                 records: RecordSource | None = None,
                  progress: ProgressCallback | None = None) -> SelectionReport:
     """Select for every host a VM may run on; :class:`FleetError` if one cannot be read."""
-    gathered = await default_source(source).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress)
     return select_from_records(gathered.require_all("select"), prefer)
 
 
@@ -198,11 +198,11 @@ class BaselineReport:
         return catalog_entry_text(self.baseline.profile, comments).splitlines()
 
 
-async def baseline(addresses: Sequence[str], version: str, description: str = "",
-                   source: RecordSource | None = None,
+async def baseline(addresses: Sequence[str], version: str, description: str = "", *,
+                   records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> BaselineReport:
     """The intersection of the hosts' offers (each host's first published profile)."""
-    gathered: Gathered = await default_source(source).gather(addresses, progress)
+    gathered: Gathered = await default_source(records).gather(addresses, progress)
     hosts = gathered.require_all("baseline")
     offers: list[tuple[str, CompatProfile]] = []
     for host in hosts:
