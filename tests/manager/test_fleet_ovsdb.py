@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -140,16 +140,16 @@ def test_a_host_without_the_interface_fails_half_way_and_the_rest_is_restored(
 
 
 @dataclass
-class StopAfterRead:
-    """Host stores, with one server stopped between the read and the writes."""
+class AfterRead:
+    """Host stores that run ``then`` between a run's read and its writes."""
 
-    inner: manager.HostStores
-    victim: OvsdbServer
+    then: Callable[[], Awaitable[object]]
+    inner: manager.HostStores = field(default_factory=manager.HostStores)
 
     async def gather(self, addresses: Sequence[str],
                      progress: manager.ProgressCallback | None = None) -> manager.Gathered:
         gathered = await self.inner.gather(addresses, progress)
-        await self.victim.stop()
+        await self.then()
         return gathered
 
     async def write(self, changes: Mapping[str, ModeWrite],
@@ -166,33 +166,13 @@ def test_a_server_stopped_between_read_and_write_leaves_every_host_as_it_was(
             before = await dumps(servers)
             victim = servers[11]
             with pytest.raises(manager.ProvisionError) as refused:
-                await manager.provision(remotes, IFACE, records=StopAfterRead(
-                    manager.HostStores(timeout=5.0), victim))
+                await manager.provision(remotes, IFACE, records=AfterRead(victim.stop))
             assert str(refused.value).startswith(f"provision {IFACE}: host {victim.remote}")
             assert "cannot connect" in str(refused.value)
             await victim.start()
             assert await dumps(servers) == before
 
     scenario(short_dir, body)
-
-
-@dataclass
-class Gate:
-    """Host stores whose gather waits until every racing run has read."""
-
-    inner: manager.HostStores
-    barrier: asyncio.Barrier
-
-    async def gather(self, addresses: Sequence[str],
-                     progress: manager.ProgressCallback | None = None) -> manager.Gathered:
-        gathered = await self.inner.gather(addresses, progress)
-        await self.barrier.wait()
-        return gathered
-
-    async def write(self, changes: Mapping[str, ModeWrite],
-                    progress: manager.ProgressCallback | None = None,
-                    ) -> dict[str, VhostCompatError | None]:
-        return await self.inner.write(changes, progress)
 
 
 def test_two_runs_racing_on_one_interface_one_wins_one_names_the_conflict(
@@ -202,8 +182,9 @@ def test_two_runs_racing_on_one_interface_one_wins_one_names_the_conflict(
             remotes = [server.remote for server in servers]
             barrier = asyncio.Barrier(2)
             outcomes = await asyncio.gather(
-                *(manager.provision(remotes, IFACE, prefer, records=Gate(
-                    manager.HostStores(), barrier)) for prefer in (BIG, SMALL)),
+                # Both runs read before either writes.
+                *(manager.provision(remotes, IFACE, prefer, records=AfterRead(barrier.wait))
+                  for prefer in (BIG, SMALL)),
                 return_exceptions=True)
             won = [outcome for outcome in outcomes
                    if isinstance(outcome, manager.ProvisionReport)]
