@@ -38,6 +38,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
 
 from vhostcompat.errors import InputError
 from vhostcompat.features import MASK64, ProtocolFeature, VirtioFeature
@@ -185,10 +186,24 @@ class DomainMetadata:
         return root
 
     def to_xml(self) -> str:
-        """The element alone, as ``virsh metadata --set`` and ``<metadata>`` take it."""
-        element = self.to_element()
-        ET.indent(element)
-        return ET.tostring(element, encoding="unicode") + "\n"
+        """The element alone, as ``virsh metadata --set`` and ``<metadata>`` take it.
+
+        In the default-namespace form (``<interfaces xmlns="URI">``): virsh
+        adds its own prefix to the root (``--key``) and fails ("failed to
+        create a new XML namespace") on a root that already declares one.
+        """
+        lines = [f"<{ROOT_TAG} xmlns={quoteattr(NAMESPACE)}>"]
+        for entry in self.interfaces:
+            element = entry.to_element()
+            children = [f"    <{NEGOTIATED_TAG}{_attributes(child.attrib)}/>" for child in element]
+            opening = f"  <{INTERFACE_TAG}{_attributes(element.attrib)}"
+            lines += [opening + ">", *children, f"  </{INTERFACE_TAG}>"] if children else [
+                opening + "/>"]
+        return "\n".join([*lines, f"</{ROOT_TAG}>", ""])
+
+
+def _attributes(attributes: Mapping[str, str]) -> str:
+    return "".join(f" {name}={quoteattr(value)}" for name, value in attributes.items())
 
 
 def _only_attributes(element: ET.Element, allowed: Iterable[str], where: str) -> None:
