@@ -20,7 +20,9 @@ daemons serves every step:
   guest's features, B's store holding the mode the hook wrote.
 
 The NIC's option ROM is left on, so SeaBIOS's iPXE drives the device and
-starts vhost (there is no guest OS): the proxies see a running device.
+starts vhost (there is no guest OS): the proxies see a running device, from
+~3 s after start until iPXE gives up on DHCP (~20 s here); the compatible
+domain migrates within that window.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ async def scenario(lab_dir: Path, cache: CapabilityCache) -> None:
             assert not vetoed.ok
             assert_refused_by_us(vetoed.stderr, "vm-tso", stores["b"])
             await assert_runs_on(a, "vm-tso")
-            assert proxy_a.status().state is ProxyState.RUNNING
+            # Still connected (iPXE stops the device by itself ~20 s after start).
+            assert proxy_a.status().state in (ProxyState.RUNNING, ProxyState.STOPPED)
             assert await b.domain_state("vm-tso") is None
             assert await store_mode(str(stores["b"])) is None
             await a.virsh_ok("destroy", "vm-tso")
