@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shlex
+import signal
+import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_bounded
 from vhostcompat.lab import libvirt
 from vhostcompat.lab.libvirt import (
     CapabilityCache,
@@ -99,3 +103,25 @@ def test_a_tcg_domain_has_what_vhost_user_needs_and_nothing_else() -> None:
     assert root.find("devices/disk") is None and root.find("devices/graphics") is None
     with_rom = ET.fromstring(TcgDomain("vm2", domain.interfaces, option_rom=True).to_xml())
     assert with_rom.find("devices/interface/rom") is None
+
+
+def test_a_qemu_libvirtd_left_behind_is_stopped_by_its_pidfile(tmp_path: Path) -> None:
+    host = LibvirtHost("a", tmp_path)
+    (host.run / "qemu").mkdir(parents=True)
+    # A stand-in QEMU (by its name), and a stale pidfile naming a process that is not one.
+    qemu = subprocess.Popen(["bash", "-c", "exec -a qemu-system-x86_64 sleep 60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        wait = time.monotonic() + 10
+        while not libvirt._is_qemu(qemu.pid):  # bash has exec'd it
+            assert time.monotonic() < wait
+            time.sleep(0.01)
+        (host.run / "qemu" / "vm1.pid").write_text(f"{qemu.pid}\n")
+        (host.run / "qemu" / "vm2.pid").write_text(f"{other.pid}\n")
+        run_bounded(libvirt.kill_leftover_qemus(host, timeout=10))
+        assert qemu.wait(timeout=10) == -signal.SIGTERM
+        assert other.poll() is None
+    finally:
+        for process in (qemu, other):
+            process.kill()
+            process.wait()

@@ -47,6 +47,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -54,7 +55,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from vhostcompat.lab.errors import LabError
+from vhostcompat.lab.errors import LabError, LabTimeoutError
 from vhostcompat.lab.process import ChildProcess, managed_process, wait_until
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,9 @@ def libvirtd_conf(host_uuid: str) -> str:
     return "\n".join([
         f'host_uuid = "{host_uuid}"', 'unix_sock_group = "root"',
         'unix_sock_rw_perms = "0770"', 'auth_unix_ro = "none"', 'auth_unix_rw = "none"',
-        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+        # Warnings and errors on stderr: the lab's log of the daemon, shown
+        # with a failure.
+        'log_outputs = "3:stderr"',
         ""])
 
 
@@ -340,6 +343,30 @@ class LibvirtDaemon:
             await self.destroy_all()
 
 
+def _is_qemu(pid: int) -> bool:
+    """Whether ``pid`` is still a QEMU (a stale pidfile may name a reused PID)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return Path(argv0.decode(errors="replace")).name.startswith("qemu-system-")
+
+
+async def kill_leftover_qemus(host: LibvirtHost, timeout: float = DOMAIN_STOP_TIMEOUT) -> None:
+    """After libvirtd: any QEMU it left (a failed destroy) is stopped by its PID."""
+    for pidfile in sorted((host.run / "qemu").glob("*.pid")):
+        pid = _read_pid(pidfile)
+        if pid is None or not pid_alive(pid) or not _is_qemu(pid):
+            continue
+        logger.warning("%s: QEMU pid %d left running; stopping it", host.name, pid)
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+            with contextlib.suppress(LabTimeoutError):
+                await wait_pid_gone(pid, timeout, f"{host.name}: QEMU")
+                break
+
+
 def _check_pidfile(path: Path, child: ChildProcess) -> bool:
     pid = _read_pid(path)
     if pid is not None and pid != child.pid:
@@ -375,6 +402,8 @@ async def run_libvirtd(host: LibvirtHost, cache: CapabilityCache | None = None, 
         await wait_until(lambda: _check_pidfile(host.virtlogd_pidfile, virtlogd),
                          start_timeout, f"{host.name}: virtlogd to write its pidfile",
                          watch=[virtlogd])
+        # Unwound in reverse: domains, libvirtd, leftover QEMUs, virtlogd.
+        stack.push_async_callback(kill_leftover_qemus, host)
         libvirtd = await stack.enter_async_context(
             managed_process(f"{host.name}-libvirtd", libvirtd_argv(host, virtlogd.pid),
                             host.root, stop_timeout=STOP_TIMEOUT))
