@@ -110,6 +110,8 @@ def test_hook_refusal_is_exit_1_with_one_line(cli: Hook, old_host: str) -> None:
     (["vm1", "explode", "begin", "-"], b"", "unknown hook operation 'explode'"),
     (["vm1", "prepare", "begin", "-"], b"<domain>", "not well-formed"),
     (["vm1", "prepare", "begin", "-"], b"", "empty input"),
+    (["vm2", "prepare", "begin", "-"], domain_xml(InterfaceMetadata(MAC, V26)),
+     "called for domain 'vm2' with the XML of domain 'vm1'"),
     (["vm1", "prepare", "begin", "-"],
      b'<!DOCTYPE d [<!ENTITY x "y">]><domain><name>&x;</name></domain>',
      "document type declaration"),

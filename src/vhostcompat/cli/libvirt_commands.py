@@ -88,7 +88,7 @@ def libvirt_hook(args: argparse.Namespace) -> int:
     call = HookCall.parse(arguments)
     if not call.checks_domain:
         return EXIT_OK
-    run(admit_domain(_read_domain_xml(), args.db, lambda: catalog_from(args)))
+    run(admit_domain(_read_domain_xml(), args.db, lambda: catalog_from(args), call.domain))
     return EXIT_OK
 
 

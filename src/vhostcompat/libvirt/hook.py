@@ -25,9 +25,10 @@ What the hook does per call (:class:`HookCall`):
 * every other operation libvirt sends: exit 0 at once, stdin unread.
 
 Exit statuses: 0 admitted (or nothing to do); 1 refused, this host cannot run
-an interface (one line naming interface, version and why); 2 bad input:
-arguments libvirt never sends, malformed domain XML or metadata, an
-unreadable host store. Every non-zero status makes libvirt refuse the
+an interface (one line naming interface, version and why), a version
+nobody here knows included; 2 bad input: arguments libvirt never sends (or
+the XML of another domain than the one named), malformed domain XML or
+metadata, an unreadable host store. Every non-zero status makes libvirt refuse the
 operation: when in doubt, the domain does not run here.
 """
 
@@ -199,15 +200,20 @@ async def _write_modes(store: HostStore, record: HostRecord,
     return tuple(written)
 
 
-async def admit_domain(xml: bytes, address: str,
-                       catalog: CatalogLoader | None = None) -> HookDecision:
+async def admit_domain(xml: bytes, address: str, catalog: CatalogLoader | None = None,
+                       expected_name: str | None = None) -> HookDecision:
     """Check a domain against this host's store and assign its interfaces' modes.
 
-    Raises :class:`HookRefusal` (nothing written) when an interface cannot
-    run here, :class:`InputError` / :class:`HostError` for bad input.
+    ``expected_name``: the domain libvirt named in the hook's arguments; the
+    XML must describe that one. Raises :class:`HookRefusal` (nothing
+    written) when an interface cannot run here, :class:`InputError` /
+    :class:`HostError` for bad input.
     """
     domain = parse_domain_xml(xml)
     name = domain_name(domain)
+    if expected_name is not None and name != expected_name:
+        raise HookUsageError(f"the hook was called for domain {expected_name!r} with the XML "
+                             f"of domain {name!r}")
     metadata = metadata_from_domain(domain)
     if metadata is None:
         return HookDecision(name, ())
