@@ -1,9 +1,10 @@
 """libvirt subcommands: ``libvirt-metadata`` (the domain ``<metadata>`` element) and
 ``libvirt-hook`` (the qemu hook libvirtd runs, and its installation).
 
-``libvirt-metadata`` is the ``--metadata`` form of ``libvirt-xml`` (the lead
-folds it in on merge); ``libvirt-xml --profile`` (the ``<driver>`` element)
-is another module's.
+``libvirt-metadata`` is the ``--metadata`` form of ``libvirt-xml``
+(``libvirt-xml --profile``, the ``<driver>`` element, is another module's):
+:func:`add_metadata_options` and :func:`libvirt_metadata` are what that
+command needs to dispatch ``--metadata`` here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from vhostcompat.libvirt.hook import (
     admit_domain,
     install_hook,
 )
-from vhostcompat.libvirt.metadata import DomainMetadata, InterfaceMetadata
+from vhostcompat.libvirt.metadata import NAMESPACE, DomainMetadata, InterfaceMetadata
 from vhostcompat.manager import read_host
 
 
@@ -92,15 +93,8 @@ def libvirt_hook(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(subparsers: Subparsers) -> None:
-    parser = add_command(
-        subparsers, "libvirt-metadata", libvirt_metadata, catalog=True, json=False,
-        summary="the domain <metadata> element carrying each interface's version",
-        description="Print the namespaced element for a domain's <metadata>: one entry per "
-                    "vhost-user interface (by MAC) with its compatibility version. Put it "
-                    "in the domain XML, or set it with virsh metadata DOMAIN "
-                    "https://vhostcompat.example/xmlns/vhostcompat/1 --key vhostcompat "
-                    "--set XML. Each version must be in the catalog.")
+def add_metadata_options(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`libvirt_metadata` (for ``libvirt-xml --metadata`` too)."""
     parser.add_argument("--mac", action="append", metavar="MAC",
                         help="an interface's MAC address (repeatable, paired with --version)")
     parser.add_argument("--version", action="append", metavar="VERSION",
@@ -111,6 +105,17 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--negotiated-from", metavar="HOST",
                         help="carry what each interface negotiated, as this host's store "
                              "records it (needs --iface)")
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "libvirt-metadata", libvirt_metadata, catalog=True, json=False,
+        summary="the domain <metadata> element carrying each interface's version",
+        description="Print the namespaced element for a domain's <metadata>: one entry per "
+                    "vhost-user interface (by MAC) with its compatibility version. Put it "
+                    f"in the domain XML, or set it with virsh metadata DOMAIN {NAMESPACE} "
+                    "--key vhostcompat --set XML. Each version must be in the catalog.")
+    add_metadata_options(parser)
 
     parser = add_command(
         subparsers, "libvirt-hook", libvirt_hook, json=False,
