@@ -48,7 +48,12 @@ from vhostcompat.lab.libvirt import (
     VhostUserInterface,
 )
 from vhostcompat.libvirt.hook import install_hook
-from vhostcompat.libvirt.metadata import NAMESPACE, DomainMetadata, InterfaceMetadata
+from vhostcompat.libvirt.metadata import (
+    NAMESPACE,
+    DomainMetadata,
+    InterfaceMetadata,
+    metadata_from_domain,
+)
 from vhostcompat.profiles import load_default_catalog
 from vhostcompat.proxy import ProxyState
 
@@ -170,12 +175,15 @@ async def scenario(lab_dir: Path, cache: CapabilityCache) -> None:
             await a.virsh_ok("metadata", "vm-ok", NAMESPACE, "--key", "vhostcompat", "--set",
                              DomainMetadata((negotiated,)).to_xml(), "--live")
             live = ET.fromstring(await a.virsh_ok("dumpxml", "vm-ok"))
-            assert live.find(f"metadata/{{{NAMESPACE}}}interfaces") is not None
+            assert metadata_from_domain(live) == DomainMetadata((negotiated,))
 
             migrated = await lab_libvirt.migrate(a, b, "vm-ok")
             assert migrated.ok, migrated.stderr
             await assert_runs_on(b, "vm-ok")
             assert a.qemu_pid("vm-ok") is None
+            # The version, and what the guest negotiated, travelled with the domain.
+            arrived = ET.fromstring(await b.virsh_ok("dumpxml", "vm-ok"))
+            assert metadata_from_domain(arrived) == DomainMetadata((negotiated,))
             await wait_running(proxy_b)
             assert proxy_b.status().acked_features == source_status.acked_features
             assert await store_mode(str(stores["b"])) == DEFAULT_VERSION

@@ -100,3 +100,11 @@ def test_too_many_interfaces_are_refused() -> None:
                                       V26) for index in range(65))
     with pytest.raises(MetadataError, match="at most 64"):
         DomainMetadata(entries)
+
+
+def test_the_agents_status_text_does_not_travel() -> None:
+    entry = InterfaceMetadata(MAC, V26, negotiated=NegotiatedState(queue_pairs=1,
+                                                                   status="running"))
+    assert entry.negotiated == NegotiatedState(queue_pairs=1)
+    assert InterfaceMetadata(MAC, V26, negotiated=NegotiatedState(status="x")).negotiated \
+        is None

@@ -34,6 +34,7 @@ whole with :class:`MetadataError`, naming the entry and attribute.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
@@ -150,8 +151,10 @@ class InterfaceMetadata:
                 check_interface_name(self.iface)
             except InputError as error:
                 raise MetadataError(str(error)) from None
-        if self.negotiated is not None and self.negotiated.is_empty():
-            object.__setattr__(self, "negotiated", None)
+        if self.negotiated is not None:
+            # Only what a destination is checked against travels; not the status.
+            carried = dataclasses.replace(self.negotiated, status=None)
+            object.__setattr__(self, "negotiated", None if carried.is_empty() else carried)
 
     def to_element(self) -> ET.Element:
         element = ET.Element(qualified(INTERFACE_TAG), mac=self.mac, version=self.version)
