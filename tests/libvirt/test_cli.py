@@ -191,3 +191,11 @@ def test_install_bad_input(cli: Hook, argv: list[str], fragment: str) -> None:
     result = cli("libvirt-hook", *argv)
     assert result.status == 2
     assert_one_line(result.stderr, fragment)
+
+
+def test_install_makes_a_relative_store_path_absolute(
+        cli: Hook, old_host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(old_host).parent)
+    assert cli("libvirt-hook", "--install", "--db", Path(old_host).name, "--hooks-dir",
+               str(tmp_path / "d")).status == 0
+    assert f"--db {old_host} " in (tmp_path / "d" / HOOK_SCRIPT_NAME).read_text()

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vhostcompat.errors import InputError, VhostCompatError
-from vhostcompat.hoststore import OVSDB_SCHEMES, HostRecord, HostStore, open_host
+from vhostcompat.hoststore import EmbeddedHostStore, HostRecord, HostStore, open_host
 from vhostcompat.libvirt.domain import (
     VhostUserInterface,
     domain_name,
@@ -246,9 +246,10 @@ def install_hook(address: str, hooks_dir: Path = DEFAULT_HOOKS_DIR,
 
     libvirtd discovers hooks when it starts: restart it afterwards.
     """
-    open_host(address)  # refuses an address no store can have
+    store = open_host(address)  # refuses an address no store can have
     catalogs = [os.path.abspath(catalog) for catalog in catalogs]
-    if not os.path.isabs(address) and not address.startswith(OVSDB_SCHEMES):
+    if isinstance(store, EmbeddedHostStore):
+        # libvirtd runs hooks from / : a relative directory would name another store.
         address = os.path.abspath(address)
     try:
         hooks_dir.mkdir(parents=True, exist_ok=True)
