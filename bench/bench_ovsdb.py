@@ -18,7 +18,8 @@ Two measurements, against real standalone ovsdb-servers started here:
   - the same ``ovs-vsctl`` calls, 8 at a time;
   - and, as the floor of the machine, bare asyncio streams sending the same
     two requests (``get_schema`` and the selects) and reading until the
-    answer, with no checks and no decoding.
+    answer, with no checks and no decoding; and the same without
+    ``get_schema`` (what the schema check costs the servers).
 
   Ratios are of medians, sequential (target at least 20) and 8-parallel
   (target at least 5) over the in-process query; every variant's answers
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shutil
 import statistics
@@ -53,10 +55,11 @@ HOSTS = 200
 ROUND_TRIPS = 2000
 PARALLEL = 8
 TARGET_SEQUENTIAL, TARGET_PARALLEL = 20.0, 5.0
-IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR = (
+IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA = (
     "vhostcompat (in-process)", "vhostcompat versions (process)",
-    "ovs-vsctl sequential", f"ovs-vsctl {PARALLEL} at a time", "bare asyncio (floor)")
-VARIANTS = (IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR)
+    "ovs-vsctl sequential", f"ovs-vsctl {PARALLEL} at a time", "bare asyncio (floor)",
+    "bare asyncio, no get_schema")
+VARIANTS = (IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA)
 Answers = dict[str, tuple[str, ...]]
 
 
@@ -136,19 +139,20 @@ async def query_parallel(servers: Sequence[OvsdbServer]) -> Answers:
     return dict(await asyncio.gather(*(one(server) for server in servers)))
 
 
-def bare_requests() -> bytes:
-    """What the OVSDB store sends on connect, written by hand: get_schema, then the selects."""
+def bare_requests(schema: bool = True) -> bytes:
+    """What the OVSDB store sends on connect, by hand: get_schema (or not), then the selects."""
     selects = [{"op": "select", "table": "Open_vSwitch", "where": [],
                 "columns": ["_uuid", "external_ids"]},
                {"op": "select", "table": "Interface", "where": [],
                 "columns": ["_uuid", "name", "options", "external_ids", "status"]}]
-    return (json.dumps({"method": "get_schema", "params": ["Open_vSwitch"], "id": "schema"})
-            + json.dumps({"method": "transact", "params": ["Open_vSwitch", *selects],
-                          "id": 1})).encode()
+    get_schema = json.dumps({"method": "get_schema", "params": ["Open_vSwitch"],
+                             "id": "schema"}) if schema else ""
+    return (get_schema + json.dumps({"method": "transact", "params": ["Open_vSwitch", *selects],
+                                     "id": 1})).encode()
 
 
-async def query_bare(servers: Sequence[OvsdbServer]) -> Answers:
-    request = bare_requests()
+async def query_bare(servers: Sequence[OvsdbServer], schema: bool = True) -> Answers:
+    request = bare_requests(schema)
 
     async def one(server: OvsdbServer) -> tuple[str, tuple[str, ...]]:
         reader, writer = await asyncio.open_unix_connection(str(server.socket_path),
@@ -172,7 +176,8 @@ async def query_bare(servers: Sequence[OvsdbServer]) -> Answers:
 
 QUERIES: Mapping[str, Callable[[Sequence[OvsdbServer]], Awaitable[Answers]]] = {
     IN_PROCESS: query_in_process, COMMAND: query_command,
-    SEQUENTIAL: query_sequential, PARALLEL_8: query_parallel, FLOOR: query_bare}
+    SEQUENTIAL: query_sequential, PARALLEL_8: query_parallel, FLOOR: query_bare,
+    FLOOR_NO_SCHEMA: functools.partial(query_bare, schema=False)}
 
 
 async def measure_fleet(run_dir: Path, hosts: int, repeat: int) -> dict[str, list[float]]:
