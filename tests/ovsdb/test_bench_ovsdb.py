@@ -33,7 +33,7 @@ def test_ratios_are_of_medians() -> None:
     assert report["seconds"][PARALLEL_8] == {"median": 1.2, "min": 1.0, "max": 2.0,
                                              "samples": [1.0, 1.2, 2.0]}
     document = {"repeat": 3, "round_trip": {kind: latency([100.0, 120.0, 900.0])
-                                            for kind in ("unix", "tcp")},
+                                            for kind in ("unix", "tcp", "bare_unix")},
                 "versions_over_fleet": report}
     text = render(document)
     assert "ratio sequential / in-process: 20.0 (target >= 20)" in text
