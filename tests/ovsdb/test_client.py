@@ -286,3 +286,24 @@ def test_a_hung_server_is_probed_dropped_and_reached_again(short_dir: Path) -> N
             assert client.connections_made >= 2
 
     with_server(short_dir, scenario)
+
+
+def test_without_reconnect_a_lost_connection_ends_monitors_and_calls_clearly(
+        short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        client = await connect(server.remote, reconnect=False)
+        updates = client.monitor({"Open_vSwitch": ["external_ids"]})
+        assert (await anext(updates)).initial
+        await server.kill()
+        with pytest.raises(OvsdbConnectionError, match=r"monitor ended: .*closed"):
+            await anext(updates)
+        await wait_until(lambda: client.runstate is Runstate.IDLE, 10.0, "the client idle")
+        with pytest.raises(OvsdbConnectionError, match="not connected"):
+            await client.select("Open_vSwitch")
+        await client.close()
+        await server.start()
+        await client.connect()  # an idle client may connect again
+        assert client.connections_made == 2
+        await client.close()
+
+    with_server(short_dir, scenario)
