@@ -67,9 +67,10 @@ def test_provision_assigns_on_every_host(hosts: tuple[str, str]) -> None:
 
 def test_provision_without_a_common_version_writes_nothing(tmp_path: Path,
                                                            catalog: Catalog) -> None:
+    # Disjoint by version and by content: fc26 has MTU, v2.7 indirect descriptors.
     host_a, host_b = str(tmp_path / "a"), str(tmp_path / "b")
     run(manager.publish(host_a, catalog, [V27]))
-    run(manager.publish(host_b, catalog, [V26]))
+    run(manager.publish(host_b, catalog, ["fc26.ovs-dpdk.v2.6"]))
     report = run(manager.provision([host_a, host_b], "vhu0"))
     assert not report.selection.selection.found
     assert run(manager.read_host(host_a)).interfaces == {}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
@@ -48,12 +50,16 @@ class MigrationRun:
 
 async def play_migration(run_dir: Path, *, mode: str | None = None,
                          hosts: tuple[str, str] | None = None,
-                         iface: str | None = None) -> MigrationRun:
+                         iface: str | None = None,
+                         vm_options: Mapping[str, Any] | None = None,
+                         source_options: Mapping[str, Any] | None = None) -> MigrationRun:
     """Migrate a guest from A (testpmd tso=1) to B (testpmd default) and say what happened.
 
     Without ``mode`` and ``hosts`` the interfaces are direct. ``hosts`` (A's
     and B's store) with ``iface``: each proxy reads the interface's mode
     from its own store and records what was negotiated there.
+    ``vm_options`` go to both QEMUs (a machine type), ``source_options`` to
+    A's only (another QEMU binary).
     """
     uri = f"unix:{run_dir / 'migration.sock'}"
     proxies: tuple[ProxyMode | None, ProxyMode | None] = (None, None)
@@ -64,7 +70,8 @@ async def play_migration(run_dir: Path, *, mode: str | None = None,
         proxies = (ProxyMode(mode), ProxyMode(mode))
     async with source_and_destination(run_dir, uri, dpdk_testpmd(tso=True), dpdk_testpmd(),
                                        source_proxy=proxies[0],
-                                       destination_proxy=proxies[1]) as (host_a, host_b):
+                                       destination_proxy=proxies[1], vm_options=vm_options,
+                                       source_options=source_options) as (host_a, host_b):
         negotiation = await host_a.qemu.driver().initialise()
         before = await qmp.wait_for_vhost_started(host_a.qemu, VHOST_TIMEOUT)
         assert before.vhost_dev is not None  # wait_for_vhost_started guarantees it
