@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import vhostcompat.ovsdb
 from tests.helpers import run_bounded
 from tests.ovsdb.helpers import listener, require_ovsdb, write_schema
 from vhostcompat.lab.ovsdb import OvsdbServer, free_tcp_port, run_ovsdb_server
@@ -305,5 +306,36 @@ def test_without_reconnect_a_lost_connection_ends_monitors_and_calls_clearly(
         await client.connect()  # an idle client may connect again
         assert client.connections_made == 2
         await client.close()
+
+    with_server(short_dir, scenario)
+
+
+def test_the_api_the_agent_codes_against(short_dir: Path) -> None:
+    """The contract of issue 7, exactly as the agent uses it."""
+    assert {"OvsdbError", "OvsdbTimeoutError", "parse_remotes", "NamedUuid", "Uuid",
+            "OvsdbCommitError", "OvsdbConflictError", "OvsdbSchemaError"} <= set(
+        vhostcompat.ovsdb.__all__)
+
+    async def scenario(server: OvsdbServer) -> None:
+        columns = ("name", "options", "external_ids", "status", "type")
+        client = await connect(f"{server.remote},tcp:127.0.0.1:{free_tcp_port()}",
+                               database="Open_vSwitch", timeout=5.0,
+                               required_columns={"Interface": columns})
+        async with client:
+            await add_port(client)
+            updates = client.monitor({"Interface": list(columns)})
+            first = await anext(updates)
+            assert first.initial and len(first["Interface"]) == 1
+            results = await client.transact(
+                Wait("Interface", where=[("name", "==", "vhu0")], columns=["options"],
+                     rows=[{"options": {}}]),
+                Update("Interface", where=[("name", "==", "vhu0")], row={"options": {"a": "b"}}),
+                timeout=5.0)
+            assert results == [{}, {"count": 1}]
+            [(old, new)] = (await anext(updates))["Interface"].values()
+            assert old is not None and new is not None
+            assert (old["options"], new["options"]) == ({}, {"a": "b"})
+        await client.close()  # closing twice is harmless
+        assert client.runstate is Runstate.IDLE
 
     with_server(short_dir, scenario)
