@@ -339,3 +339,20 @@ def test_the_api_the_agent_codes_against(short_dir: Path) -> None:
         assert client.runstate is Runstate.IDLE
 
     with_server(short_dir, scenario)
+
+
+def test_connect_can_wait_for_a_server_that_starts_later(short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        await server.stop()
+        client = OvsdbClient(server.remote)
+        started = asyncio.ensure_future(client.connect(retry_for=30.0))
+        await wait_until(lambda: client.last_error is not None, 10.0, "a first failed attempt")
+        assert not started.done() and client.runstate is Runstate.CONNECTING
+        await server.start()
+        await started
+        async with client:
+            assert client.remote == server.remote and client.connections_made == 1
+        with pytest.raises(OvsdbConnectionError, match="cannot connect"):
+            await connect(f"unix:{short_dir / 'never.sock'}", retry_for=0.2)
+
+    with_server(short_dir, scenario)
