@@ -140,6 +140,11 @@ class OvsdbClient:
         return None if self._connection is None else self._connection.remote
 
     @property
+    def pending_calls(self) -> int:
+        """Calls sent on the current connection and not answered yet."""
+        return 0 if self._connection is None else self._connection.pending_calls
+
+    @property
     def last_error(self) -> OvsdbError | None:
         """Why the last connection ended, or the last reconnect attempt failed."""
         return self._last_loss
