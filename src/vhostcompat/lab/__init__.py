@@ -15,5 +15,7 @@ child processes and cleans up after them, so tests, benchmarks and
   backend`` as child processes;
 * :mod:`~vhostcompat.lab.hosts`: a host = a backend (testpmd, reference, any
   factory), optionally behind the proxy, and a QEMU; a source and a destination;
+* :mod:`~vhostcompat.lab.ovsdb`: standalone ovsdb-server children (vswitch schema
+  or any), one or hundreds at once;
 * :mod:`~vhostcompat.lab.story`: the upstream story played once, for the demo.
 """

@@ -1,0 +1,462 @@
+"""The asyncio OVSDB client: connect (to one member of a remote list), transact, monitor.
+
+Lifecycle (:class:`Runstate`), after QEMU's QMP library::
+
+    IDLE --connect()--> CONNECTING --(a member answered, schema checked)--> RUNNING
+    RUNNING --connection lost, reconnect=True--> CONNECTING (backoff) --> RUNNING
+    RUNNING --connection lost, reconnect=False--> IDLE
+    any --close()--> DISCONNECTING --> IDLE
+
+* :meth:`OvsdbClient.connect` tries each member of the remote list in turn
+  (after a loss, starting with the member after the one that failed) and
+  raises one :class:`OvsdbConnectionError` naming every member and its cause
+  when none answers. On each member: open the stream, ``get_schema``, check
+  the database's name and the tables and columns the caller needs
+  (``required_columns``); a database that does not fit raises
+  :class:`OvsdbSchemaError` at once (another member would not fit better).
+* Every call has a timeout (``timeout=`` per call, else the client's):
+  :class:`OvsdbTimeoutError` when the server accepts and never answers.
+* When the connection drops, every pending call fails at once with
+  :class:`OvsdbConnectionError` naming the call (a transaction's outcome is
+  then unknown: it may have been committed). With ``reconnect=True``
+  (default) the client reconnects in the background with a bounded,
+  doubling backoff; calls made meanwhile wait for it within their timeout;
+  monitors are re-established and re-deliver the full contents (see
+  :mod:`vhostcompat.ovsdb.monitor`).
+* :meth:`OvsdbClient.transact` returns one result dict per operation
+  (``{"rows": [...]}``, ``{"uuid": Uuid}``, ``{"count": n}``, ``{}``) or raises
+  :class:`OvsdbCommitError` (an operation's error, or the commit's, read from
+  the extra result element after the last operation's) /
+  :class:`OvsdbConflictError` (a ``wait`` that failed).
+* ``echo`` requests from the server (its inactivity probe) are answered.
+
+Use ``async with await connect(remotes, ...) as client`` (or ``async with
+OvsdbClient(...) as client``, which connects on entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from vhostcompat.ovsdb.connection import Connection, ResultHook
+from vhostcompat.ovsdb.errors import (
+    OvsdbCommitError,
+    OvsdbConflictError,
+    OvsdbConnectionError,
+    OvsdbError,
+    OvsdbProtocolError,
+    OvsdbRequestError,
+    OvsdbSchemaError,
+    OvsdbTimeoutError,
+)
+from vhostcompat.ovsdb.jsonrpc import MAX_DEPTH, MAX_MESSAGE_BYTES
+from vhostcompat.ovsdb.monitor import Monitor
+from vhostcompat.ovsdb.operations import (
+    Condition,
+    DecodedRow,
+    Operation,
+    Result,
+    Select,
+    Wait,
+    decode_result,
+)
+from vhostcompat.ovsdb.remotes import Remote, format_remotes, parse_remotes
+from vhostcompat.ovsdb.schema import DatabaseSchema, RequiredColumns, check_schema
+from vhostcompat.ovsdb.values import ValueShapeError
+
+_log = logging.getLogger("vhostcompat.ovsdb")
+
+DEFAULT_DATABASE = "Open_vSwitch"
+DEFAULT_TIMEOUT = 5.0
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+SCHEMA_REQUEST_ID = "schema"  # fixed, so identical schemas arrive byte for byte (jsonrpc)
+WAIT_FAILED = "timed out"
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    DISCONNECTING = "disconnecting"
+
+
+class OvsdbClient:
+    """A client of one database, reachable at one or more remotes; see the module docstring."""
+
+    def __init__(self, remotes: str | Sequence[Remote], database: str = DEFAULT_DATABASE, *,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 required_columns: RequiredColumns | None = None,
+                 reconnect: bool = True, backoff_max: float = BACKOFF_MAX,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_depth: int = MAX_DEPTH) -> None:
+        self.remotes = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
+        if not self.remotes:
+            raise ValueError("no remotes")
+        if timeout <= 0:
+            raise ValueError("the timeout must be positive")
+        self.address = format_remotes(self.remotes)
+        self.database = database
+        self.timeout = timeout
+        self.required_columns: RequiredColumns = dict(required_columns or {})
+        self.reconnect = reconnect
+        self.backoff_max = backoff_max
+        self.max_message_bytes = max_message_bytes
+        self.max_depth = max_depth
+        self.runstate = Runstate.IDLE
+        self.connections_made = 0
+        self._connection: Connection | None = None
+        self._schema: DatabaseSchema | None = None
+        self._next_member = 0
+        self._connected = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._establishing = False
+        self._last_loss: OvsdbError | None = None
+        self._monitors: dict[str, Monitor] = {}
+        self._monitor_ids = itertools.count(1)
+        self._echo_replies = 0
+
+    def __repr__(self) -> str:
+        return f"<OvsdbClient {self.address} {self.database} {self.runstate.value}>"
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def remote(self) -> str | None:
+        """The member connected to now, or None."""
+        return None if self._connection is None else self._connection.remote
+
+    @property
+    def schema(self) -> DatabaseSchema:
+        if self._schema is None:
+            raise OvsdbConnectionError(f"{self.address}: not connected yet")
+        return self._schema
+
+    @property
+    def echo_replies(self) -> int:
+        """How many ``echo`` requests of the server this client answered."""
+        current = self._connection.echo_replies if self._connection is not None else 0
+        return self._echo_replies + current
+
+    def _require(self, *states: Runstate) -> None:
+        if self.runstate not in states:
+            raise OvsdbConnectionError(f"{self.address}: client is {self.runstate.value}, "
+                                       f"needs {' or '.join(state.value for state in states)}")
+
+    # -- connecting -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect to the first member that answers; see the module docstring."""
+        self._require(Runstate.IDLE)
+        self.runstate = Runstate.CONNECTING
+        try:
+            await self._establish()
+        except BaseException:
+            self.runstate = Runstate.IDLE
+            raise
+
+    async def _establish(self) -> None:
+        """Reach one member, check its schema, resume the monitors; RUNNING on return."""
+        causes: list[tuple[str, BaseException]] = []
+        count = len(self.remotes)
+        self._establishing = True
+        try:
+            for offset in range(count):
+                index = (self._next_member + offset) % count
+                remote = self.remotes[index]
+                try:
+                    connection = await self._open(remote)
+                    self._next_member = index
+                    self._install(connection)
+                    # RUNNING before the monitors' initial rows reach their readers.
+                    self.runstate = Runstate.RUNNING
+                    await self._resume_monitors(connection)
+                except (OvsdbConnectionError, OvsdbTimeoutError, OvsdbProtocolError, OSError,
+                        TimeoutError) as error:
+                    causes.append((str(remote), error))
+                    await self._drop_current()
+                    continue
+                if self._connection is connection:
+                    self._connected.set()
+                    return
+                causes.append((str(remote), connection.lost or OvsdbConnectionError("lost")))
+                self.runstate = Runstate.CONNECTING
+        finally:
+            self._establishing = False
+        raise OvsdbConnectionError("cannot connect to OVSDB", causes)
+
+    async def _drop_current(self) -> None:
+        self.runstate = Runstate.CONNECTING
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def _open(self, remote: Remote) -> Connection:
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await remote.open(self.max_message_bytes)
+        connection = Connection(str(remote), reader, writer, on_notify=self._notify,
+                                on_lost=self._lost, max_message_bytes=self.max_message_bytes,
+                                max_depth=self.max_depth)
+        try:
+            self._schema = await self._fetch_schema(connection)
+        except BaseException:
+            await connection.close()
+            raise
+        return connection
+
+    async def _fetch_schema(self, connection: Connection) -> DatabaseSchema:
+        try:
+            answer = await connection.call("get_schema", [self.database], self.timeout,
+                                           request_id=SCHEMA_REQUEST_ID)
+        except OvsdbRequestError:
+            databases = await connection.call("list_dbs", [], self.timeout)
+            # _Server is ovsdb-server's own database, not one a host serves.
+            served = ", ".join(str(name)[:60] for name in databases if name != "_Server"
+                               ) if isinstance(databases, list) else "?"
+            raise OvsdbSchemaError(connection.remote, f"no database {self.database!r} "
+                                   f"(it serves: {served or 'none'})") from None
+        try:
+            schema = _schema_of(answer)
+        except ValueShapeError as error:
+            raise OvsdbProtocolError(connection.remote, f"get_schema answer: {error}") from None
+        check_schema(connection.remote, schema, self.database, self.required_columns)
+        return schema
+
+    def _install(self, connection: Connection) -> None:
+        self._connection = connection
+        self.connections_made += 1
+        _log.info("%s: connected to %s", connection.remote, self.database)
+
+    def _lost(self, connection: Connection, reason: OvsdbError) -> None:
+        """The connection ended (called once per connection, from inside it)."""
+        self._echo_replies += connection.echo_replies
+        if connection is not self._connection:
+            return
+        self._connection = None
+        self._connected.clear()
+        self._last_loss = reason
+        if self.runstate is not Runstate.RUNNING or self._establishing:
+            return  # connect() / the reconnect loop sees it and goes on
+        _log.warning("%s", reason)
+        self._next_member = (self._next_member + 1) % len(self.remotes)
+        if self.reconnect:
+            self.runstate = Runstate.CONNECTING
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+        else:
+            self.runstate = Runstate.IDLE
+            for monitor in self._monitors.values():
+                monitor.end(OvsdbConnectionError(f"monitor ended: {reason}"))
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_MIN
+        while self.runstate is Runstate.CONNECTING:
+            try:
+                await self._establish()
+            except OvsdbError as error:
+                _log.warning("%s (retrying in %g s)", error, delay)
+                self._last_loss = error
+                await asyncio.sleep(delay)  # the backoff itself, not a wait for a condition
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            return
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail, monitors end, reconnecting stops."""
+        if self.runstate is Runstate.IDLE and self._connection is None:
+            self._end_monitors()
+            return
+        self.runstate = Runstate.DISCONNECTING
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+            self._reconnecting = None
+        connection, self._connection = self._connection, None
+        self._connected.clear()
+        if connection is not None:
+            await connection.close()
+        self._end_monitors()
+        self.runstate = Runstate.IDLE
+
+    def _end_monitors(self) -> None:
+        for monitor in self._monitors.values():
+            monitor.end()
+        self._monitors.clear()
+
+    async def __aenter__(self) -> Self:
+        if self.runstate is Runstate.IDLE:
+            await self.connect()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close()
+
+    # -- calls ------------------------------------------------------------------
+
+    async def call(self, method: str, params: list[Any], timeout: float | None = None) -> Any:
+        """One JSON-RPC call on the current connection (waiting for a reconnect if needed)."""
+        return await self._call(method, params, timeout)
+
+    async def _call(self, method: str, params: list[Any], timeout: float | None,
+                    on_result: ResultHook | None = None) -> Any:
+        limit = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        connection = await self._current(method, limit)
+        return await connection.call(method, params, max(deadline - loop.time(), 0.0),
+                                     on_result=on_result)
+
+    async def _current(self, method: str, timeout: float) -> Connection:
+        if self._connection is not None and self.runstate is Runstate.RUNNING:
+            return self._connection
+        if self.runstate is Runstate.CONNECTING and self._reconnecting is not None:
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout)
+            except TimeoutError:
+                raise OvsdbConnectionError(f"{self.address}: not connected within "
+                                           f"{timeout:g} s for {method} (last error: "
+                                           f"{self._last_loss})") from None
+            if self._connection is not None:
+                return self._connection
+        reason = f" ({self._last_loss})" if self._last_loss is not None else ""
+        raise OvsdbConnectionError(f"{self.address}: not connected{reason}")
+
+    async def transact(self, *operations: Operation, timeout: float | None = None
+                       ) -> list[Result]:
+        """Run ``operations`` as one transaction; one result dict per operation."""
+        if not operations:
+            raise ValueError("a transaction needs at least one operation")
+        params = [self.database, *(operation.to_json() for operation in operations)]
+        try:
+            reply = await self._call("transact", params, timeout)
+        except OvsdbConnectionError as error:
+            if "lost while waiting" in str(error):
+                raise OvsdbConnectionError(f"{error}; the transaction may or may not have "
+                                           "been committed") from None
+            raise
+        remote = self.remote or self.address
+        try:
+            return transaction_results(remote, operations, reply, self.schema)
+        except ValueShapeError as error:
+            raise OvsdbProtocolError(remote, f"transact answer: {error}") from None
+
+    async def select(self, table: str, where: Sequence[Condition] = (),
+                     columns: Sequence[str] | None = None,
+                     timeout: float | None = None) -> list[DecodedRow]:
+        """The rows of one ``select``."""
+        result = await self.transact(Select(table, where, columns), timeout=timeout)
+        rows: list[DecodedRow] = result[0]["rows"]
+        return rows
+
+    # -- monitors ---------------------------------------------------------------
+
+    def monitor(self, tables: Mapping[str, Iterable[str]]) -> Monitor:
+        """An async iterator of the updates of these tables' columns (see monitor.py)."""
+        return Monitor(f"m{next(self._monitor_ids)}",
+                       {table: tuple(columns) for table, columns in tables.items()},
+                       self._start_monitor, self._stop_monitor)
+
+    async def _start_monitor(self, monitor: Monitor) -> None:
+        self._monitors[monitor.monitor_id] = monitor
+        try:
+            await self._call("monitor", monitor.request(self.database), None,
+                             on_result=self._initial_hook(monitor))
+        except BaseException:
+            self._monitors.pop(monitor.monitor_id, None)
+            raise
+
+    def _initial_hook(self, monitor: Monitor) -> ResultHook:
+        return lambda result: monitor.initial(self.schema, result)
+
+    async def _stop_monitor(self, monitor: Monitor) -> None:
+        if self._monitors.pop(monitor.monitor_id, None) is None:
+            return
+        if self._connection is not None:
+            with contextlib.suppress(OvsdbError):
+                await self._connection.call("monitor_cancel", [monitor.monitor_id],
+                                            self.timeout)
+
+    async def _resume_monitors(self, connection: Connection) -> None:
+        for monitor in list(self._monitors.values()):
+            try:
+                await connection.call("monitor", monitor.request(self.database), self.timeout,
+                                      on_result=self._initial_hook(monitor))
+            except OvsdbRequestError as error:
+                self._monitors.pop(monitor.monitor_id, None)
+                monitor.end(error)
+
+    def _notify(self, method: str, params: Any) -> None:
+        if method != "update":
+            _log.debug("notification %s ignored", method)
+            return
+        if not isinstance(params, list) or len(params) != 2:
+            raise ValueShapeError("update params are not [monitor-id, table-updates]")
+        monitor = self._monitors.get(params[0]) if isinstance(params[0], str) else None
+        if monitor is not None:
+            monitor.update(self.schema, params[1])
+
+
+async def connect(remotes: str | Sequence[Remote], database: str = DEFAULT_DATABASE, *,
+                  timeout: float = DEFAULT_TIMEOUT,
+                  required_columns: RequiredColumns | None = None,
+                  reconnect: bool = True, **options: Any) -> OvsdbClient:
+    """A connected :class:`OvsdbClient` (see its parameters)."""
+    client = OvsdbClient(remotes, database, timeout=timeout, required_columns=required_columns,
+                         reconnect=reconnect, **options)
+    await client.connect()
+    return client
+
+
+def transaction_results(remote: str, operations: Sequence[Operation], reply: object,
+                        schema: DatabaseSchema) -> list[Result]:
+    """Per-operation results, or the first error (an operation's, or the commit's)."""
+    count = len(operations)
+    if not isinstance(reply, list) or len(reply) not in (count, count + 1):
+        raise ValueShapeError(f"expected {count} results, got {_length(reply)}")
+    for index, element in enumerate(reply):
+        if isinstance(element, dict) and "error" in element:
+            raise _commit_error(remote, operations, index, element)
+    if len(reply) > count:
+        raise ValueShapeError("an extra result element that is not an error")
+    return [decode_result(operation, element, schema)
+            for operation, element in zip(operations, reply, strict=True)]
+
+
+def _commit_error(remote: str, operations: Sequence[Operation], index: int,
+                  element: dict[str, Any]) -> OvsdbCommitError:
+    error = str(element.get("error"))[:200]
+    details = element.get("details")
+    detail_text = None if details is None else str(details)[:200]
+    if index >= len(operations):
+        return OvsdbCommitError(remote, error, detail_text, None, None)
+    operation = operations[index]
+    kind = OvsdbConflictError if isinstance(operation, Wait) and error == WAIT_FAILED else (
+        OvsdbCommitError)
+    return kind(remote, error, detail_text, index, operation.op)
+
+
+def _length(reply: object) -> str:
+    return str(len(reply)) if isinstance(reply, list) else type(reply).__name__
+
+
+# get_schema answers repeat byte for byte between servers of one version and
+# arrive as the same parsed object (jsonrpc's cache): parse each one once.
+_SCHEMAS: list[tuple[object, DatabaseSchema]] = []
+
+
+def _schema_of(answer: object) -> DatabaseSchema:
+    for known, schema in _SCHEMAS:
+        if known is answer:
+            return schema
+    schema = DatabaseSchema(answer)
+    _SCHEMAS.append((answer, schema))
+    del _SCHEMAS[:-4]
+    return schema

@@ -1,0 +1,138 @@
+"""A monitor (RFC 7047 section 4.1.5) as an async iterator of updates.
+
+``client.monitor({"Interface": ["name", "options"]})`` gives a
+:class:`Monitor`; iterating it sends the ``monitor`` request and yields
+:class:`MonitorUpdate` objects: ``{table: {uuid: (old_row, new_row)}}``, rows
+as ``{column: value}`` in the Python shapes of :mod:`vhostcompat.ovsdb.values`
+(only the monitored columns). ``old_row`` is None for a new row, ``new_row``
+None for a deleted one; for a modified row both are whole rows (the monitor
+keeps the rows it has seen, so ``old_row`` is complete, not just the columns
+that changed).
+
+The first update has ``initial=True`` and holds every current row. After a
+reconnect (:class:`~vhostcompat.ovsdb.client.OvsdbClient` with
+``reconnect=True``) the monitor is re-established and the iterator yields
+another ``initial=True`` update with the full current contents: rows absent
+from it are gone (they may have been deleted while disconnected). Consumers
+that keep state replace it on an initial update.
+
+The iterator ends when the client is closed or :meth:`Monitor.aclose` is
+called; it raises the error when the connection is lost for good (no
+reconnect) or the server refuses the monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from vhostcompat.ovsdb.operations import DecodedRow
+from vhostcompat.ovsdb.schema import DatabaseSchema
+from vhostcompat.ovsdb.values import Uuid, ValueShapeError
+
+RowChange: TypeAlias = tuple[DecodedRow | None, DecodedRow | None]
+
+
+class MonitorUpdate(dict[str, dict[Uuid, RowChange]]):
+    """One update: ``{table: {uuid: (old_row | None, new_row | None)}}``."""
+
+    def __init__(self, changes: dict[str, dict[Uuid, RowChange]], initial: bool) -> None:
+        super().__init__(changes)
+        self.initial = initial
+
+    def __repr__(self) -> str:
+        return f"MonitorUpdate({dict(self)!r}, initial={self.initial})"
+
+
+_END = object()
+
+
+class Monitor:
+    """Updates of the monitored tables; see the module docstring."""
+
+    def __init__(self, monitor_id: str, tables: Mapping[str, Sequence[str]],
+                 start: Callable[[Monitor], Awaitable[None]],
+                 stop: Callable[[Monitor], Awaitable[None]]) -> None:
+        if not tables or not all(tables.values()):
+            raise ValueError("a monitor needs at least one table, each with columns")
+        self.monitor_id = monitor_id
+        self.tables = {table: tuple(columns) for table, columns in tables.items()}
+        self._start = start
+        self._stop = stop
+        self._started = False
+        self._closed = False
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._rows: dict[str, dict[Uuid, DecodedRow]] = {}
+
+    def request(self, database: str) -> list[Any]:
+        """The ``monitor`` request's params: every row now, then inserts, deletes, modifies."""
+        return [database, self.monitor_id,
+                {table: {"columns": list(columns)} for table, columns in self.tables.items()}]
+
+    def __aiter__(self) -> Monitor:
+        return self
+
+    async def __anext__(self) -> MonitorUpdate:
+        if not self._started and not self._closed:
+            self._started = True
+            await self._start(self)
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)  # every later call ends too
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(_END)
+            raise item
+        update: MonitorUpdate = item
+        return update
+
+    async def aclose(self) -> None:
+        """Cancel the monitor on the server (if connected) and end the iterator."""
+        if not self._closed:
+            await self._stop(self)
+            self.end()
+
+    # -- fed by the client, inside the connection's reader --------------------------
+
+    def initial(self, schema: DatabaseSchema, result: object) -> None:
+        """The monitor's answer: every current row; replaces what was known."""
+        self._rows = {table: {} for table in self.tables}
+        self._queue.put_nowait(MonitorUpdate(self._apply(schema, result), initial=True))
+
+    def update(self, schema: DatabaseSchema, table_updates: object) -> None:
+        self._queue.put_nowait(MonitorUpdate(self._apply(schema, table_updates),
+                                             initial=False))
+
+    def end(self, error: BaseException | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(_END if error is None else error)
+
+    def _apply(self, schema: DatabaseSchema, table_updates: object) -> dict[str, dict[
+            Uuid, RowChange]]:
+        if not isinstance(table_updates, dict):
+            raise ValueShapeError("monitor updates are not an object")
+        changes: dict[str, dict[Uuid, RowChange]] = {}
+        for table, rows in table_updates.items():
+            if table not in self.tables or not isinstance(rows, dict):
+                raise ValueShapeError(f"an update for an unmonitored table {table!r:.40}")
+            definition = schema.table(table)
+            known = self._rows.setdefault(table, {})
+            changed: dict[Uuid, RowChange] = {}
+            for uuid_text, row_update in rows.items():
+                uuid = Uuid(uuid_text)
+                if not isinstance(row_update, dict):
+                    raise ValueShapeError("a row update is not an object")
+                new_json, old_json = row_update.get("new"), row_update.get("old")
+                new = None if new_json is None else definition.decode_row(new_json)
+                old = known.get(uuid)
+                if old is None and old_json is not None:
+                    old = definition.decode_row(old_json)
+                if new is None:
+                    known.pop(uuid, None)
+                else:
+                    known[uuid] = new
+                changed[uuid] = (old, new)
+            changes[table] = changed
+        return changes
