@@ -1,7 +1,8 @@
 """Real Open vSwitch with the DPDK datapath (OVS 3.1 + DPDK 22.11), one instance per host.
 
 An instance lives in its own directory D: its own ``ovsdb-server`` (the
-standard vswitch schema, ``unix:D/db.sock``) and ``ovs-vswitchd-dpdk``,
+standard vswitch schema, ``unix:D/db.sock``, a
+:class:`~vhostcompat.lab.ovsdb.OvsdbServer`) and ``ovs-vswitchd-dpdk``,
 started as FIELD-NOTES measured them on a machine without hugepages:
 
 * ``dpdk-extra=--no-huge -m 128 --no-pci --legacy-mem --file-prefix NAME``:
@@ -20,8 +21,8 @@ started as FIELD-NOTES measured them on a machine without hugepages:
 ``userspace-tso-enable`` is global and read at start: :class:`OvsConfig`'s
 ``tso`` sets it before vswitchd starts (it then offers HOST_TSO4/6 on
 client ports). :meth:`RunningOvs.restart_vswitchd` and
-:meth:`RunningOvs.restart_ovsdb_server` stop and start one daemon by PID,
-for the tests that kill them. Every child is stopped by PID and reaped.
+:meth:`RunningOvs.restart_ovsdb_server` stop (or kill) and start one daemon
+by PID, for the tests that crash them. Every child is stopped by PID and reaped.
 
 Never call ``ovs-appctl netdev-dpdk/get-mempool-info`` on these instances:
 before any guest driver started it crashed vswitchd here.
@@ -40,13 +41,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from vhostcompat.errors import InputError
-from vhostcompat.lab.errors import LabError
-from vhostcompat.lab.process import (
-    ChildProcess,
-    start_process,
-    wait_for_path,
-    wait_until,
-)
+from vhostcompat.lab.ovsdb import OvsdbServer, run_command
+from vhostcompat.lab.process import ChildProcess, start_process, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +51,6 @@ OVSDB_SERVER = "ovsdb-server"
 OVSDB_TOOL = "ovsdb-tool"
 OVS_VSCTL = "ovs-vsctl"
 UNSHARE = "unshare"
-SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 REQUIRED_TOOLS = (OVSDB_SERVER, OVSDB_TOOL, OVS_VSCTL, UNSHARE, VSWITCHD_DPDK)
 DPDK_READY = "DPDK Enabled - initialized"
 START_TIMEOUT = 30.0
@@ -107,13 +102,6 @@ def environment(directory: Path) -> dict[str, str]:
                                      "OVS_SYSCONFDIR", "RUNTIME_DIRECTORY")}
 
 
-def ovsdb_server_argv(directory: Path) -> list[str]:
-    return [OVSDB_SERVER, str(directory / "conf.db"),
-            f"--remote=punix:{directory / 'db.sock'}",
-            f"--unixctl={directory / 'db.ctl'}", f"--pidfile={directory / 'db.pid'}",
-            f"--log-file={directory / 'db.log'}", "--no-chdir"]
-
-
 def vswitchd_argv(directory: Path) -> list[str]:
     # unshare execs vswitchd: the child's PID is vswitchd's own.
     return [UNSHARE, "--net", "--", VSWITCHD_DPDK, f"unix:{directory / 'db.sock'}",
@@ -138,19 +126,18 @@ class RunningOvs:
         self.config = config
         self.directory = directory
         self.env = environment(directory)
-        self.ovsdb_server: ChildProcess | None = None
+        self.database = OvsdbServer(config.name, directory)
         self.vswitchd: ChildProcess | None = None
         self._vswitchd_starts = 0
-        self._ovsdb_starts = 0
 
     @property
     def db_socket(self) -> Path:
-        return self.directory / "db.sock"
+        return self.database.socket_path
 
     @property
     def remote(self) -> str:
         """The OVSDB remote of this instance's database."""
-        return f"unix:{self.db_socket}"
+        return self.database.remote
 
     @property
     def bridge(self) -> str:
@@ -166,28 +153,14 @@ class RunningOvs:
 
     async def vsctl(self, *arguments: str, wait: bool = False,
                     timeout: float = VSCTL_TIMEOUT) -> str:
-        """Run ``ovs-vsctl`` on this database; its stdout. Raises LabError on failure.
+        """Run ``ovs-vsctl`` on this database; its stdout (stripped). LabError on failure.
 
         Without ``wait`` it passes ``--no-wait`` (never blocks on vswitchd).
         """
         argv = [OVS_VSCTL, f"--db={self.remote}", f"--timeout={int(timeout)}"]
         if not wait:
             argv.append("--no-wait")
-        argv += arguments
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **self.env})
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), timeout + 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise LabError(f"ovs-vsctl {' '.join(arguments)}: no answer in {timeout:g}s") \
-                from None
-        if process.returncode != 0:
-            raise LabError(f"ovs-vsctl {' '.join(arguments)}: exit {process.returncode}: "
-                           f"{err.decode(errors='replace').strip()}")
-        return out.decode(errors="replace").strip()
+        return (await run_command([*argv, *arguments], timeout + 5)).strip()
 
     async def get(self, table: str, record: str, column: str) -> str:
         """``ovs-vsctl --no-wait get TABLE RECORD COLUMN`` (a missing key is an error)."""
@@ -204,13 +177,9 @@ class RunningOvs:
 
     # -- daemons -----------------------------------------------------------------------
 
-    async def start_ovsdb_server(self, timeout: float = START_TIMEOUT) -> None:
-        self.db_socket.unlink(missing_ok=True)
-        self._ovsdb_starts += 1
-        self.ovsdb_server = await start_process(
-            f"ovsdb-server-{self._ovsdb_starts}", ovsdb_server_argv(self.directory),
-            self.directory, env=self.env)
-        await wait_for_path(self.db_socket, timeout, watch=[self.ovsdb_server])
+    async def start_ovsdb_server(self) -> None:
+        self.db_socket.unlink(missing_ok=True)  # left by a killed server
+        await self.database.start()
 
     async def start_vswitchd(self, timeout: float = START_TIMEOUT) -> None:
         """Start vswitchd and wait until DPDK is initialised and the bridge is up."""
@@ -237,24 +206,26 @@ class RunningOvs:
         self.vswitchd = None
         return status
 
-    async def stop_ovsdb_server(self) -> int | None:
-        if self.ovsdb_server is None:
-            return None
-        status = await self.ovsdb_server.stop()
-        self.ovsdb_server = None
-        return status
+    async def stop_ovsdb_server(self) -> None:
+        await self.database.stop()
 
-    async def restart_vswitchd(self) -> None:
+    async def restart_vswitchd(self, *, crash: bool = False) -> None:
+        """Stop vswitchd (SIGKILL with ``crash``), then start it again."""
+        if crash and self.vswitchd is not None:
+            await self.vswitchd.kill()
+            self.vswitchd = None
         await self.stop_vswitchd()
         await self.start_vswitchd()
 
-    async def restart_ovsdb_server(self) -> None:
-        await self.stop_ovsdb_server()
+    async def restart_ovsdb_server(self, *, crash: bool = False) -> None:
+        """Stop ovsdb-server (SIGKILL with ``crash``), then start it on the same database."""
+        await (self.database.kill() if crash else self.database.stop())
         await self.start_ovsdb_server()
 
     def rss_kib(self) -> dict[str, int | None]:
         """Resident memory of each daemon (KiB)."""
-        return {"ovsdb-server": rss_kib(self.ovsdb_server.pid) if self.ovsdb_server else None,
+        server = self.database.process
+        return {"ovsdb-server": rss_kib(server.pid) if server else None,
                 "ovs-vswitchd": rss_kib(self.vswitchd.pid) if self.vswitchd else None}
 
     async def stop(self) -> None:
@@ -266,12 +237,7 @@ class RunningOvs:
 
 
 async def _create_database(directory: Path, config: OvsConfig, ovs: RunningOvs) -> None:
-    process = await asyncio.create_subprocess_exec(
-        OVSDB_TOOL, "create", str(directory / "conf.db"), str(SCHEMA),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(process.communicate(), VSCTL_TIMEOUT)
-    if process.returncode != 0:
-        raise LabError(f"ovsdb-tool create: {err.decode(errors='replace').strip()}")
+    await ovs.database.create()
     await ovs.start_ovsdb_server()
     settings = [f"other_config:{key}={_quoted(value)}"
                 for key, value in config.other_config(directory).items()]
