@@ -194,6 +194,7 @@ class MigrationReport:
     destination: str
     check: DestinationCheck
     notes: tuple[str, ...] = ()
+    ovs_status_disagreements: tuple[str, ...] = ()  # OVS's Interface status vs the proxy's
 
     @property
     def compatible(self) -> bool:
@@ -201,7 +202,8 @@ class MigrationReport:
 
     def to_json(self) -> JsonObject:
         return {"interface": self.interface, "from": self.source, "to": self.destination,
-                **_check_json(self.check), "notes": list(self.notes)}
+                **_check_json(self.check), "notes": list(self.notes),
+                "ovs_status_disagreements": list(self.ovs_status_disagreements)}
 
     def lines(self) -> list[str]:
         return [self.check.headline(), *self.check.reasons, *self.notes]
@@ -223,9 +225,13 @@ async def check_migration(interface: str, source: str, destination: str,
     required = required_profile(record.version, source_host, catalog)
     if required is not None and source_host.profile(record.version) is None:
         notes.append(f"note: contents of {record.version} taken from the catalog")
+    disagreements = record.disagreements()
+    # Where OVS and the proxy disagree, check what either saw (never a false yes).
+    notes.extend(f"note: {line}; checking against both" for line in disagreements)
     check = check_destination(record.version, required, destination_host.versions,
-                              destination_host.profiles, record.negotiated)
-    return MigrationReport(interface, source, destination, check, tuple(notes))
+                              destination_host.profiles, record.effective_negotiated())
+    return MigrationReport(interface, source, destination, check, tuple(notes),
+                           disagreements)
 
 
 # --- matrix ---------------------------------------------------------------------

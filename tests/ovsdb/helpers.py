@@ -1,4 +1,4 @@
-"""What the OVSDB tests share: the real-server requirement and a misbehaving listener.
+"""What the OVSDB tests share: the real-server requirement, ports, a misbehaving listener.
 
 ``listener`` is a plain Unix socket server of the test's own that accepts and
 then sends exactly the bytes it is given (none: it never answers), to play a
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.helpers import require_tool
+from vhostcompat.lab.ovsdb import OvsdbServer
 
 
 def require_ovsdb() -> None:
@@ -51,3 +52,17 @@ def write_schema(path: Path, name: str, tables: dict[str, dict[str, str]]) -> Pa
         for table, columns in tables.items()}}
     path.write_text(json.dumps(document))
     return path
+
+
+async def add_vhost_port(server: OvsdbServer, name: str = "vhu0",
+                         bridge: str = "br0") -> None:
+    """A dpdkvhostuserclient port as an operator adds one, with libvirt's external_ids."""
+    await server.vsctl("--may-exist", "add-br", bridge, "--", "add-port", bridge, name, "--",
+                       "set", "Interface", name, "type=dpdkvhostuserclient",
+                       f"options:vhost-server-path=/run/{name}.sock",
+                       "external_ids:iface-id=abc")
+
+
+async def vsctl_get(server: OvsdbServer, *arguments: str) -> str:
+    """``ovs-vsctl --no-wait get ...``, stripped."""
+    return (await server.vsctl("get", *arguments)).strip()

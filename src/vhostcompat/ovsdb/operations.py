@@ -71,14 +71,23 @@ class Operation:
 
 
 @dataclass(frozen=True)
-class Select(Operation):
-    op: ClassVar[str] = "select"
+class Filtered(Operation):
+    """An operation on the rows of ``table`` matching every condition of ``where``."""
+
     table: str
     where: Sequence[Condition] = ()
+
+    def _fields(self) -> dict[str, Json]:
+        return {"where": _where(self.where)}
+
+
+@dataclass(frozen=True)
+class Select(Filtered):
+    op: ClassVar[str] = "select"
     columns: Sequence[str] | None = None
 
     def _fields(self) -> dict[str, Json]:
-        fields: dict[str, Json] = {"where": _where(self.where)}
+        fields = super()._fields()
         if self.columns is not None:
             fields["columns"] = list(self.columns)
         return fields
@@ -103,45 +112,34 @@ class Insert(Operation):
 
 
 @dataclass(frozen=True)
-class Update(Operation):
+class Update(Filtered):
     op: ClassVar[str] = "update"
-    table: str
-    where: Sequence[Condition] = ()
     row: Row = field(default_factory=dict)
 
     def _fields(self) -> dict[str, Json]:
-        return {"where": _where(self.where), "row": _row(self.row)}
+        return {**super()._fields(), "row": _row(self.row)}
 
 
 @dataclass(frozen=True)
-class Mutate(Operation):
+class Mutate(Filtered):
     op: ClassVar[str] = "mutate"
-    table: str
-    where: Sequence[Condition] = ()
     mutations: Sequence[Mutation] = ()
 
     def _fields(self) -> dict[str, Json]:
-        return {"where": _where(self.where),
+        return {**super()._fields(),
                 "mutations": _triples(self.mutations, MUTATORS, "mutator")}
 
 
 @dataclass(frozen=True)
-class Delete(Operation):
+class Delete(Filtered):
     op: ClassVar[str] = "delete"
-    table: str
-    where: Sequence[Condition] = ()
-
-    def _fields(self) -> dict[str, Json]:
-        return {"where": _where(self.where)}
 
 
 @dataclass(frozen=True)
-class Wait(Operation):
+class Wait(Filtered):
     """Wait until the rows matching ``where`` (``columns`` only) are (``==``) ``rows``."""
 
     op: ClassVar[str] = "wait"
-    table: str
-    where: Sequence[Condition] = ()
     columns: Sequence[str] = ()
     rows: Sequence[Row] = ()
     until: str = "=="
@@ -154,7 +152,7 @@ class Wait(Operation):
             raise ValueError("wait timeout must be 0 or more milliseconds")
 
     def _fields(self) -> dict[str, Json]:
-        return {"where": _where(self.where), "columns": list(self.columns),
+        return {**super()._fields(), "columns": list(self.columns),
                 "rows": [_row(row) for row in self.rows], "until": self.until,
                 "timeout": self.timeout}
 

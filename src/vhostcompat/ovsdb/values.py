@@ -68,7 +68,9 @@ class NamedUuid:
 
 
 Atom: TypeAlias = str | int | float | bool | Uuid | NamedUuid
-Value: TypeAlias = "Atom | frozenset[Atom] | set[Atom] | tuple[Atom, ...] | Mapping[Atom, Atom]"
+# A map's keys share one base type; Mapping is invariant in its key, so each is listed.
+Value: TypeAlias = ("Atom | frozenset[Atom] | set[Atom] | tuple[Atom, ...] | Mapping[str, Atom]"
+                    " | Mapping[int, Atom] | Mapping[Uuid, Atom] | Mapping[Atom, Atom]")
 Json: TypeAlias = "str | int | float | bool | list[Json] | dict[str, Json] | None"
 
 

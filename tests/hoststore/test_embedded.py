@@ -21,18 +21,20 @@ from vhostcompat.errors import HostError, InputError
 from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.hoststore import (
     HOST_FILE,
+    LOCK_FILE,
     EmbeddedHostStore,
     HostRecord,
     HostStoreAccessError,
     HostStoreCorruptError,
     HostStoreMissingError,
     NotPublishedError,
-    UnsupportedHostError,
+    OvsdbHostStore,
     encode_negotiated,
     encode_profile,
     open_host,
     record_from_rows,
 )
+from vhostcompat.ovsdb import OvsdbRemoteError
 from vhostcompat.profiles import CompatProfile, NegotiatedState
 
 T = TypeVar("T")
@@ -162,9 +164,16 @@ def test_a_file_is_not_a_host(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("address", ["unix:/run/openvswitch/db.sock", "tcp:127.0.0.1:6640",
-                                     "ssl:10.0.0.1:6640"])
-def test_ovsdb_addresses_are_not_supported_yet(address: str) -> None:
-    with pytest.raises(UnsupportedHostError, match="OVSDB hosts are not supported yet"):
+                                     "unix:/a.sock,tcp:127.0.0.1:6641"])
+def test_ovsdb_addresses_open_the_ovsdb_store(address: str) -> None:
+    assert isinstance(open_host(address), OvsdbHostStore)
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("ssl:10.0.0.1:6640", "ssl: is not supported"), ("tcp:host:6640", "not an IP address"),
+    ("unix:", "needs a socket path"), ("tcp:127.0.0.1:6640,", "empty member")])
+def test_malformed_remotes_are_refused_in_one_line(address: str, reason: str) -> None:
+    with pytest.raises(OvsdbRemoteError, match=reason):
         open_host(address)
 
 
@@ -189,6 +198,18 @@ CORRUPTIONS = {
         "vhu0": {"options": {}, "external_ids": {"vhost-compat-acked-features": "zz"}}}}),
     "bad ring size": json.dumps({"Open_vSwitch": {"external_ids": {}}, "Interface": {
         "vhu0": {"options": {}, "external_ids": {"vhost-compat-ring-size": "-1"}}}}),
+    # issue 11, item 9: what once escaped as a traceback.
+    "deeply nested file": '{"Open_vSwitch": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "deeply nested profile": json.dumps({"Open_vSwitch": {"external_ids": {
+        "vhost-compat-versions": "v", "vhost-compat-profile-v": "[" * 100_000}},
+        "Interface": {}}),
+    "superscript count": json.dumps({"Open_vSwitch": {"external_ids": {}}, "Interface": {
+        "vhu0": {"options": {}, "external_ids": {"vhost-compat-queue-pairs": "\u00b2"}}}}),
+    "5000-digit count": json.dumps({"Open_vSwitch": {"external_ids": {}}, "Interface": {
+        "vhu0": {"options": {}, "external_ids": {"vhost-compat-ring-size": "9" * 5000}}}}),
+    "bad OVS status": json.dumps({"Open_vSwitch": {"external_ids": {}}, "Interface": {
+        "vhu0": {"options": {"vhost-compat-version": "v"}, "external_ids": {},
+                 "status": {"num_of_vrings": "two"}}}}),
 }
 
 
@@ -209,6 +230,46 @@ def test_corrupt_store_is_refused_and_left_unchanged(tmp_path: Path, label: str)
         with pytest.raises(HostStoreCorruptError):
             write()
         assert (host / HOST_FILE).read_bytes() == before
+
+
+def test_corrupt_counts_are_named_briefly(tmp_path: Path) -> None:
+    host = tmp_path / "h"
+    publish(host, V26)
+    (host / HOST_FILE).write_text(CORRUPTIONS["5000-digit count"])
+    with pytest.raises(HostStoreCorruptError, match=r"ring-size='99999999999999999999\.\.\. "
+                       r"\(5000 characters\)' is not a positive integer"):
+        read(host)
+
+
+def test_a_planted_lock_symlink_is_refused_and_nothing_is_created_outside(
+        tmp_path: Path) -> None:
+    host = tmp_path / "h"
+    publish(host, V26)
+    (host / LOCK_FILE).unlink()
+    outside = tmp_path / "outside" / "planted"
+    (tmp_path / "outside").mkdir()
+    (host / LOCK_FILE).symlink_to(outside)  # dangling: O_CREAT would create it
+    before = (host / HOST_FILE).read_bytes()
+    with pytest.raises(HostStoreAccessError) as caught:
+        assign(host, "vhu0", V26.version)
+    assert str(caught.value) == (f"host {host}: the lock file {LOCK_FILE} is a symbolic "
+                                 "link: refused")
+    assert not outside.exists()
+    assert (host / HOST_FILE).read_bytes() == before
+
+
+def test_temporary_files_never_follow_planted_symlinks(tmp_path: Path) -> None:
+    host = tmp_path / "h"
+    publish(host, V26)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    # Every name the old code would have used, and a stale-looking one.
+    for name in (f".{HOST_FILE}.{os.getpid()}.tmp", f".{HOST_FILE}.planted.tmp"):
+        (host / name).symlink_to(victim)
+    assign(host, "vhu0", V26.version)
+    assert victim.read_text() == "precious"
+    assert read(host).interface("vhu0").version == V26.version
+    assert sorted(path.name for path in host.iterdir()) == [LOCK_FILE, HOST_FILE]
 
 
 def test_failed_rename_leaves_the_previous_file(tmp_path: Path,

@@ -1,0 +1,221 @@
+"""The OVSDB host store: a host's published data in its Open vSwitch database.
+
+The rows and keys of :mod:`vhostcompat.hoststore.model`, through our own
+client (:mod:`vhostcompat.ovsdb`), readable and writable with plain
+``ovs-vsctl --no-wait`` as well::
+
+    ovs-vsctl --no-wait get Open_vSwitch . external_ids:vhost-compat-versions
+    ovs-vsctl --no-wait get Interface vhu0 options:vhost-compat-version
+
+* One read is one transaction (two ``select``\\ s), so a record is consistent.
+* Every write that depends on what it read is conditional: a ``wait`` on the
+  columns read (``until "=="``, timeout 0) in the same transaction. If
+  another writer changed them meanwhile, the server writes nothing and this
+  store raises :class:`HostStoreConflictError` (one line, exit 2): two tools
+  writing at once never lose an update.
+* ``assign`` and ``record_negotiated`` never create an Interface row (OVSDB
+  garbage-collects Interface rows that no Port links): an interface that
+  does not exist is an error naming it.
+* ``publish`` creates the Open_vSwitch row only when there is none (as
+  ``ovs-vsctl init`` would), conditionally too.
+
+The database is refused by name on connect unless it is ``Open_vSwitch`` with
+the tables and columns used here. Each call is bounded by the store's
+timeout (``VHOSTCOMPAT_OVSDB_TIMEOUT`` seconds in the environment, default 5).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from vhostcompat.errors import InputError
+from vhostcompat.hoststore.model import (
+    INTERFACE_VERSION_KEY,
+    HostRecord,
+    HostStore,
+    HostStoreConflictError,
+    HostStoreCorruptError,
+    HostStoreMissingError,
+    NotPublishedError,
+    check_interface_name,
+    negotiated_external_ids,
+    published_external_ids,
+    record_from_rows,
+    require_published,
+)
+from vhostcompat.ovsdb import (
+    Insert,
+    OvsdbClient,
+    OvsdbConflictError,
+    Select,
+    Update,
+    Uuid,
+    Wait,
+    parse_remotes,
+)
+from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
+from vhostcompat.profiles.model import CompatProfile, NegotiatedState
+
+TIMEOUT_VARIABLE = "VHOSTCOMPAT_OVSDB_TIMEOUT"
+DEFAULT_TIMEOUT = 5.0
+ROOT_TABLE = "Open_vSwitch"
+INTERFACE_TABLE = "Interface"
+ROOT_COLUMNS = ("_uuid", "external_ids")
+INTERFACE_COLUMNS = ("_uuid", "name", "options", "external_ids", "status")
+REQUIRED_COLUMNS: Mapping[str, Sequence[str]] = {
+    ROOT_TABLE: ("external_ids",),
+    INTERFACE_TABLE: ("name", "type", "options", "external_ids", "status")}
+
+
+def store_timeout() -> float:
+    """The per-call timeout: ``VHOSTCOMPAT_OVSDB_TIMEOUT`` seconds, default 5."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise InputError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds (0-3600]")
+    return value
+
+
+def _string_map(value: object) -> dict[str, str]:
+    # The schema typed these columns string->string; the client checked every atom.
+    assert isinstance(value, dict)
+    return {str(key): str(item) for key, item in value.items()}
+
+
+class OvsdbHostStore(HostStore):
+    """A host whose store is its OVSDB (``unix:PATH``, ``tcp:IP:PORT``, or a list)."""
+
+    def __init__(self, address: str, timeout: float | None = None,
+                 before_write: Callable[[], Awaitable[object]] | None = None) -> None:
+        """``before_write`` is awaited between a write's read and its conditional write
+        (to interleave writers on purpose, as the concurrency tests do)."""
+        super().__init__(address)
+        self.remotes = parse_remotes(address)
+        self.timeout = store_timeout() if timeout is None else timeout
+        self.before_write = before_write
+        self._client: OvsdbClient | None = None
+
+    async def client(self) -> OvsdbClient:
+        """The connection, made on first use (no reconnect: one command, one answer)."""
+        if self._client is None:
+            client = OvsdbClient(self.remotes, timeout=self.timeout,
+                                 required_columns=REQUIRED_COLUMNS, reconnect=False)
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- reads ------------------------------------------------------------------
+
+    async def _select(self, *selects: Select) -> list[list[DecodedRow]]:
+        client = await self.client()
+        results = await client.transact(*selects)
+        return [result["rows"] for result in results]
+
+    def _root(self, rows: list[DecodedRow], required: bool = True) -> DecodedRow | None:
+        if len(rows) > 1:
+            raise HostStoreCorruptError(self.address, f"{len(rows)} Open_vSwitch rows")
+        if not rows:
+            if required:
+                raise HostStoreMissingError(self.address, "no Open_vSwitch row (the database "
+                                            "was never initialised: ovs-vsctl init)")
+            return None
+        return rows[0]
+
+    async def read(self) -> HostRecord:
+        root_rows, interface_rows = await self._select(
+            Select(ROOT_TABLE, (), ROOT_COLUMNS), Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
+        root = self._root(root_rows)
+        assert root is not None
+        interfaces: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        statuses: dict[str, dict[str, str]] = {}
+        for row in interface_rows:
+            name = str(row["name"])
+            interfaces[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
+            statuses[name] = _string_map(row["status"])
+        return record_from_rows(self.address, _string_map(root["external_ids"]), interfaces,
+                                statuses)
+
+    # -- writes -----------------------------------------------------------------
+
+    async def _commit(self, what: str, *operations: Operation) -> list[dict[str, Any]]:
+        """One transaction; a failed ``wait`` is a :class:`HostStoreConflictError`."""
+        client = await self.client()
+        if self.before_write is not None:
+            await self.before_write()
+        try:
+            return await client.transact(*operations)
+        except OvsdbConflictError:
+            raise HostStoreConflictError(self.address, what) from None
+
+    async def publish(self, profiles: Sequence[CompatProfile]) -> HostRecord:
+        published_external_ids({}, profiles)  # bad input refused before connecting
+        [root_rows] = await self._select(Select(ROOT_TABLE, (), ROOT_COLUMNS))
+        root = self._root(root_rows, required=False)
+        if root is None:
+            wanted = published_external_ids({}, profiles)
+            await self._commit("the Open_vSwitch table",
+                               Wait(ROOT_TABLE, (), ["_uuid"], []),
+                               Insert(ROOT_TABLE, {"external_ids": wanted}))
+        else:
+            current = _string_map(root["external_ids"])
+            wanted = published_external_ids(current, profiles)
+            where = _by_uuid(root)
+            await self._commit("Open_vSwitch external_ids",
+                               Wait(ROOT_TABLE, where, ["external_ids"],
+                                    [{"external_ids": current}]),
+                               Update(ROOT_TABLE, where, {"external_ids": wanted}))
+        return await self.read()
+
+    async def _interface(self, interface: str) -> tuple[dict[str, str], DecodedRow]:
+        """The Open_vSwitch external_ids and the named Interface row (which must exist)."""
+        check_interface_name(interface)
+        root_rows, interface_rows = await self._select(
+            Select(ROOT_TABLE, (), ROOT_COLUMNS),
+            Select(INTERFACE_TABLE, [("name", "==", interface)], INTERFACE_COLUMNS))
+        root = self._root(root_rows)
+        assert root is not None
+        if not interface_rows:
+            raise NotPublishedError(self.address, f"no interface {interface!r} in the "
+                                    "Interface table (add its port first, e.g. ovs-vsctl "
+                                    "add-port; rows are never created here)")
+        return _string_map(root["external_ids"]), interface_rows[0]
+
+    async def assign(self, interface: str, version: str) -> None:
+        external_ids, row = await self._interface(interface)
+        require_published(self.address, external_ids, version)
+        options = _string_map(row["options"])
+        wanted = {**options, INTERFACE_VERSION_KEY: version}
+        where = _by_uuid(row)
+        await self._commit(f"Interface {interface} options (or the published versions)",
+                           Wait(ROOT_TABLE, (), ["external_ids"],
+                                [{"external_ids": external_ids}]),
+                           Wait(INTERFACE_TABLE, where, ["options"], [{"options": options}]),
+                           Update(INTERFACE_TABLE, where, {"options": wanted}))
+
+    async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
+        _, row = await self._interface(interface)
+        current = _string_map(row["external_ids"])
+        where = _by_uuid(row)
+        await self._commit(f"Interface {interface} external_ids",
+                           Wait(INTERFACE_TABLE, where, ["external_ids"],
+                                [{"external_ids": current}]),
+                           Update(INTERFACE_TABLE, where, {
+                               "external_ids": negotiated_external_ids(current, state)}))
+
+
+def _by_uuid(row: DecodedRow) -> list[Condition]:
+    uuid = row["_uuid"]
+    assert isinstance(uuid, Uuid)
+    return [("_uuid", "==", uuid)]
