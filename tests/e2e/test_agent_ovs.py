@@ -39,6 +39,7 @@ from tests.helpers import require_tool, run_bounded
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
 from vhostcompat.lab.commands import RunningAgent, run_agent
+from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.ovs import OVS_VSCTL, OvsConfig, RunningOvs, run_ovs, run_ovs_pair
 from vhostcompat.lab.process import wait_until
 from vhostcompat.lab.story import FRONTEND_PATH_KEY, ovs_migration, qemu_socket
@@ -93,7 +94,7 @@ async def converged(host: RunningOvs, agent: RunningAgent, iface: str,
     try:
         ids = json.loads(await host.vsctl("--format=json", "--columns=external_ids,options,"
                                           "status", "list", "Interface", iface))
-    except Exception:
+    except LabError:
         return False  # the row is being re-created
     (row,) = ids["data"]
     external_ids, options, status = (dict(column[1]) for column in row)
@@ -225,17 +226,19 @@ def test_bad_input_is_refused_on_the_row_or_with_one_line(lab_dir: Path) -> None
                 "options:vhost-compat-version=lab.not-published",
                 "external_ids:iface-id=libvirt-port-9"])
             async with run_agent(host.remote, lab_dir / "agent", lab_dir) as agent:
+                agent_path = str(agent.state_dir / "vhu9.sock")
+
                 async def refused() -> bool:
-                    try:
-                        return (await host.get("Interface", "vhu9",
-                                               "external_ids:vhost-compat-status")
-                                ).startswith('"refused: version lab.not-published')
-                    except Exception:
+                    try:  # the status is written first, then the port is re-created
+                        status = await host.get("Interface", "vhu9",
+                                                "external_ids:vhost-compat-status")
+                        path = await host.get("Interface", "vhu9", "options:vhost-server-path")
+                    except LabError:
                         return False
+                    return (status.startswith('"refused: version lab.not-published')
+                            and path.strip('"') == agent_path)
 
                 await wait_until(refused, CONVERGE_TIMEOUT, "the refusal on the row")
-                assert (await host.get("Interface", "vhu9", "options:vhost-server-path")
-                        ).strip('"') == str(agent.state_dir / "vhu9.sock")
                 assert (await host.get("Interface", "vhu9", "external_ids:iface-id")
                         ) == "libvirt-port-9"  # everything else on the port kept
                 assert (await host.get("Interface", "vhu9",
@@ -252,7 +255,7 @@ def test_bad_input_is_refused_on_the_row_or_with_one_line(lab_dir: Path) -> None
                         return (await host.get("Interface", "vhu9",
                                                "options:vhost-server-path")
                                 ).strip('"') == str(qemu_path)
-                    except Exception:
+                    except LabError:
                         return False
 
                 await wait_until(restored, CONVERGE_TIMEOUT, "QEMU's path restored")

@@ -20,6 +20,7 @@ from vhostcompat.agent.daemon import Agent, AgentConfig
 from vhostcompat.agent.log import configure
 from vhostcompat.cli.common import EXIT_OK, Subparsers, add_command, run
 from vhostcompat.errors import InputError
+from vhostcompat.ovsdb import looks_like_remote
 from vhostcompat.profiles import load_catalog_or_default
 from vhostcompat.proxy import ProxyOptions
 from vhostcompat.proxy.relay import REPLY_TIMEOUT
@@ -45,7 +46,7 @@ async def _serve(config: AgentConfig) -> int:
 
 def agent(args: argparse.Namespace) -> int:
     configure(args.log_format, logging.DEBUG if args.verbose > 1 else logging.INFO)
-    if not args.db.startswith(("unix:", "tcp:", "ssl:")):
+    if not looks_like_remote(args.db):
         raise InputError(f"--db must be an OVSDB remote (unix:PATH, tcp:IP:PORT), "
                          f"not {args.db!r}")
     catalog = load_catalog_or_default(args.catalog) if args.catalog else None

@@ -20,7 +20,8 @@ from vhostcompat.cli.common import (
     run,
 )
 from vhostcompat.errors import InputError
-from vhostcompat.hoststore import OVSDB_SCHEMES, HostRecord
+from vhostcompat.hoststore import HostRecord
+from vhostcompat.ovsdb import looks_like_remote
 from vhostcompat.ovsprobe import probe_ovs
 from vhostcompat.probe import DEFAULT_TIMEOUT as PROBE_TIMEOUT
 from vhostcompat.probe import ProbeResult, probe
@@ -31,7 +32,7 @@ from vhostcompat.verify import DPDK_MAX_RING_SIZE, Verification, offered_profile
 async def _probe(args: argparse.Namespace) -> ProbeResult:
     if args.probe is not None:
         return await probe(args.probe, timeout=args.probe_timeout)
-    if not args.db.startswith(OVSDB_SCHEMES):
+    if not looks_like_remote(args.db):
         raise InputError(f"--probe-ovs needs an OVSDB remote (unix:PATH, tcp:IP:PORT), "
                          f"not {args.db!r}")
     return await probe_ovs(args.db, timeout=args.probe_timeout)
