@@ -9,25 +9,15 @@ and v2.7 is dropped naming VIRTIO_RING_F_INDIRECT_DESC.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
-from tests.helpers import run_bounded
+from tests.helpers import run_bounded, run_cli_process
 from vhostcompat.lab.commands import run_reference_backend
 
 CATALOG = Path(__file__).parents[2] / "src/vhostcompat/catalogs/upstream-proposal.toml"
 V27, V26 = "upstream.ovs-dpdk.v2.7", "upstream.ovs-dpdk.v2.6"
 
-
-async def vhostcompat(*arguments: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vhostcompat.cli", *arguments,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def test_publish_only_what_a_listening_backend_honours(short_dir: Path) -> None:
@@ -37,18 +27,18 @@ def test_publish_only_what_a_listening_backend_honours(short_dir: Path) -> None:
         async with run_reference_backend(short_dir, "old-host", ["--profile", V26]) as backend:
             probe = ["publish", "--db", str(host), "--catalog", str(CATALOG),
                      "--probe", str(backend.socket_path), "--json"]
-            status, out, err = await vhostcompat(*probe)
+            status, out, err = await run_cli_process(*probe)
             assert status == 1 and out == "", (out, err)
             assert "honours none of the profiles, nothing published" in err
             assert "max_ring_size" in err and len(err.strip().splitlines()) == 1
             assert not host.exists()
-            status, out, err = await vhostcompat(*probe, "--max-ring-size", "1024")
+            status, out, err = await run_cli_process(*probe, "--max-ring-size", "1024")
             assert status == 0, err
             document = json.loads(out)
             assert document["published"] == document["versions"] == [V26]
             dropped = {entry["version"]: entry["missing"] for entry in document["dropped"]}
             assert dropped[V27] == ["VIRTIO_RING_F_INDIRECT_DESC (bit 28)"]
-            status, out, _ = await vhostcompat("versions", str(host))
+            status, out, _ = await run_cli_process("versions", str(host))
             assert (status, out.strip()) == (0, f"{host}: {V26}")
 
     run_bounded(play())

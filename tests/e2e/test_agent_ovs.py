@@ -26,16 +26,14 @@ of one test; the bad input needs only an ovsdb-server and runs in its own.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import require_tool, run_bounded
+from tests.helpers import require_tool, run_bounded, run_cli_process
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
 from vhostcompat.lab.commands import RunningAgent, run_agent
@@ -64,15 +62,6 @@ def scenario(coroutine: Coroutine[Any, Any, None]) -> None:
     run_bounded(coroutine, SCENARIO_TIMEOUT)
 
 
-async def vhostcompat(*arguments: str) -> tuple[int, str, str]:
-    """The real command line, as an operator runs it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vhostcompat.cli", *arguments,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
 
 async def published(host: RunningOvs) -> str:
     return (await host.get("Open_vSwitch", ".", "external_ids:vhost-compat-versions")).strip('"')
@@ -88,9 +77,15 @@ def listeners(path: str) -> int:
     return sum(1 for line in lines if line.split()[-1] == path)
 
 
+SEEN: dict[str, object] = {}
+
+
 async def converged(host: RunningOvs, agent: RunningAgent, iface: str,
                     qemu_path: Path) -> bool:
-    """B runs the interface in its mode again: every piece in place, nothing twice."""
+    """B runs the interface in its mode again: every piece in place, nothing twice.
+
+    What was seen last is kept in :data:`SEEN`, for the failure message.
+    """
     try:
         ids = json.loads(await host.vsctl("--format=json", "--columns=external_ids,options,"
                                           "status", "list", "Interface", iface))
@@ -99,6 +94,8 @@ async def converged(host: RunningOvs, agent: RunningAgent, iface: str,
     (row,) = ids["data"]
     external_ids, options, status = (dict(column[1]) for column in row)
     agent_path = str(agent.state_dir / f"{iface}.sock")
+    SEEN.update(external_ids=external_ids, options=options, status=status,
+                listeners=listeners(agent_path))
     return (external_ids.get(FRONTEND_PATH_KEY) == str(qemu_path)
             and options.get("vhost-server-path") == agent_path
             and external_ids.get("vhost-compat-status") == "running"
@@ -116,7 +113,7 @@ def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: P
             # Verified publishing: each OVS says what it honours.
             reports = {}
             for host in (host_a, host_b):
-                status, out, err = await vhostcompat("publish", "--db", host.remote,
+                status, out, err = await run_cli_process("publish", "--db", host.remote,
                                                      "--catalog", str(CATALOG),
                                                      "--probe-ovs", "--json")
                 assert status == 0, err
@@ -129,7 +126,7 @@ def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: P
                 dropped["missing"]), dropped
             assert await published(host_a) == f"{TSO},{BASE}"
             assert await published(host_b) == f"{DEFAULT},{BASE}"
-            status, out, err = await vhostcompat("select", host_a.remote, host_b.remote)
+            status, out, err = await run_cli_process("select", host_a.remote, host_b.remote)
             assert (status, out.strip()) == (0, BASE), err
 
             # Without a mode: the guest takes A's TSO and B's QEMU refuses the load.
@@ -177,8 +174,12 @@ async def crash_everything_on(host: RunningOvs, agent: RunningAgent, qemu: Any,
     async def settle(watcher: RunningAgent, reports: int, what: str) -> None:
         await wait_until(lambda: running_reports(watcher) > reports, CONVERGE_TIMEOUT,
                          f"the device to run again after {what}", interval=0.05)
-        await wait_until(lambda: converged(host, watcher, "vhu0", qemu_path),
-                         CONVERGE_TIMEOUT, f"convergence after {what}", interval=0.1)
+        try:
+            await wait_until(lambda: converged(host, watcher, "vhu0", qemu_path),
+                             CONVERGE_TIMEOUT, f"convergence after {what}", interval=0.1)
+        except LabError as error:
+            raise AssertionError(f"{error}; last seen: {SEEN}; agent log: "
+                                 f"{watcher.process.log_tail(15)}") from None
         await qmp.wait_for_vhost_started(qemu, CONVERGE_TIMEOUT)
 
     await settle(agent, 0, "the migration")
@@ -210,13 +211,13 @@ def test_bad_input_is_refused_on_the_row_or_with_one_line(lab_dir: Path) -> None
             for arguments in (["--db", host.remote, "--probe", str(lab_dir / "nobody.sock")],
                               ["--db", host.remote, "--probe-ovs", "--probe-timeout", "1"],
                               ["--db", f"unix:{lab_dir / 'no-db.sock'}", "--probe-ovs"]):
-                status, out, err = await vhostcompat("publish", "--catalog", str(CATALOG),
+                status, out, err = await run_cli_process("publish", "--catalog", str(CATALOG),
                                                      *arguments)
                 assert status == 2, (arguments, out, err)
                 assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
             assert await host.get("Open_vSwitch", ".", "external_ids") == ids_before
             assert await host.vsctl("list-ports", host.bridge) == ""  # no probe port left
-            status, _, err = await vhostcompat("agent", "--db", f"unix:{lab_dir / 'no.sock'}",
+            status, _, err = await run_cli_process("agent", "--db", f"unix:{lab_dir / 'no.sock'}",
                                                "--state-dir", str(lab_dir / "s"))
             assert status == 2 and len(err.strip().splitlines()) == 1, err
 

@@ -39,14 +39,12 @@ _LOAD_ERROR = re.compile(r"Features 0x[0-9a-f]+ unsupported\. Allowed features: 
 
 
 @dataclasses.dataclass(frozen=True)
-class MigrationRun:
-    """What one migration from host A to host B showed."""
+class Migration:
+    """What one migration from A to B showed, whatever the back-ends."""
 
     mode: str | None
-    backend_features: VirtioFeature
-    """Host A's testpmd, asked directly."""
     offered: VirtioFeature
-    """What QEMU on A was offered on its vhost-user socket (testpmd's, or the proxy's)."""
+    """What QEMU on A was offered on its vhost-user socket (the back-end's, or the proxy's)."""
     acked: VirtioFeature
     """What the guest on A acked."""
     status: str
@@ -55,7 +53,38 @@ class MigrationRun:
     destination_error: str | None
     """QEMU's load error on B, when it refused the guest."""
     destination_acked: VirtioFeature | None
-    """The guest's features on B after a completed migration."""
+    """The guest's features on B once vhost runs there (after a completed migration)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationRun(Migration):
+    """The testpmd story's migration, with host A's testpmd offer."""
+
+    backend_features: VirtioFeature
+    """Host A's testpmd, asked directly."""
+
+
+async def migrate_guest(source: RunningQemu, destination: RunningQemu, uri: str,
+                        mode: str | None) -> Migration:
+    """Bring the guest on ``source`` up, migrate it, and see how ``destination`` took it."""
+    negotiation = await source.driver().initialise()
+    before = await qmp.wait_for_vhost_started(source, VHOST_TIMEOUT)
+    assert before.vhost_dev is not None  # wait_for_vhost_started guarantees it
+    result = await qmp.migrate(source, destination, uri)
+    status = str(result.get("status"))
+    destination_error = None
+    destination_acked = None
+    if status == "completed":
+        after = await qmp.wait_for_vhost_started(destination, VHOST_TIMEOUT)
+        destination_acked = after.guest_features
+    else:
+        await destination.wait_exit(DESTINATION_EXIT_TIMEOUT)
+        found = _LOAD_ERROR.search(destination.process.log_text())
+        destination_error = found.group(0) if found else destination.process.log_tail(3)
+    downtime = result.get("downtime")
+    return Migration(mode=mode, offered=before.vhost_dev.features, acked=negotiation.acked,
+                     status=status, downtime_ms=downtime if isinstance(downtime, int) else None,
+                     destination_error=destination_error, destination_acked=destination_acked)
 
 
 async def play_migration(run_dir: Path, *, mode: str | None = None,
@@ -77,33 +106,11 @@ async def play_migration(run_dir: Path, *, mode: str | None = None,
     async with source_and_destination(run_dir, uri, dpdk_testpmd(tso=True), dpdk_testpmd(),
                                        source_proxy=proxies[0],
                                        destination_proxy=proxies[1]) as (host_a, host_b):
-        negotiation = await host_a.qemu.driver().initialise()
-        before = await qmp.wait_for_vhost_started(host_a.qemu, VHOST_TIMEOUT)
-        assert before.vhost_dev is not None  # wait_for_vhost_started guarantees it
-        result = await qmp.migrate(host_a.qemu, host_b.qemu, uri)
-        status = str(result.get("status"))
-        destination_error = None
-        destination_acked = None
-        if status == "completed":
-            after = await qmp.wait_for_vhost_started(host_b.qemu, VHOST_TIMEOUT)
-            destination_acked = after.guest_features
-        else:
-            await host_b.qemu.wait_exit(DESTINATION_EXIT_TIMEOUT)
-            found = _LOAD_ERROR.search(host_b.qemu.process.log_text())
-            destination_error = found.group(0) if found else host_b.qemu.process.log_tail(3)
-        downtime = result.get("downtime")
         # The mode the proxy actually ran (read from the store when hosts were given).
         proxy_mode = host_a.proxy.status().profile if host_a.proxy is not None else None
-        return MigrationRun(
-            mode=proxy_mode,
-            backend_features=host_a.backend.features or VirtioFeature(0),
-            offered=before.vhost_dev.features,
-            acked=negotiation.acked,
-            status=status,
-            downtime_ms=downtime if isinstance(downtime, int) else None,
-            destination_error=destination_error,
-            destination_acked=destination_acked,
-        )
+        run = await migrate_guest(host_a.qemu, host_b.qemu, uri, proxy_mode)
+        return MigrationRun(**dataclasses.asdict(run),
+                            backend_features=host_a.backend.features or VirtioFeature(0))
 
 
 # --- the same story on real OVS-DPDK, with the host agents ----------------------------
@@ -113,19 +120,10 @@ REDIRECT_TIMEOUT = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
-class OvsMigrationRun:
-    """What one migration from OVS host A to OVS host B showed."""
+class OvsMigrationRun(Migration):
+    """The OVS-DPDK story's migration, with what host B's database says after it."""
 
     iface: str
-    mode: str | None
-    offered: VirtioFeature
-    """What QEMU on A was offered on its vhost-user socket (OVS's, or the proxy's)."""
-    acked: VirtioFeature
-    status: str
-    downtime_ms: int | None
-    destination_error: str | None
-    destination_acked: VirtioFeature | None
-    """The guest's features on B once vhost runs there (after a completed migration)."""
     destination_external_ids: str
     """``ovs-vsctl get Interface IFACE external_ids`` on B."""
     destination_ovs_features: str | None
@@ -194,27 +192,12 @@ async def ovs_migration(run_dir: Path, source: RunningOvs, destination: RunningO
             started_b = group.create_task(stack.enter_async_context(
                 run_qemu(vm_b, run_dir, f"{destination.config.name}-{iface}-qemu")))
         qemu_a, qemu_b = started_a.result(), started_b.result()
-        negotiation = await qemu_a.driver().initialise()
-        before = await qmp.wait_for_vhost_started(qemu_a, VHOST_TIMEOUT)
-        assert before.vhost_dev is not None  # wait_for_vhost_started guarantees it
-        result = await qmp.migrate(qemu_a, qemu_b, uri)
-        status = str(result.get("status"))
-        destination_error = destination_acked = None
-        if status == "completed":
-            after = await qmp.wait_for_vhost_started(qemu_b, VHOST_TIMEOUT)
-            destination_acked = after.guest_features
+        migration = await migrate_guest(qemu_a, qemu_b, uri, mode)
+        if migration.status == "completed":
             await wait_until(lambda: _ovs_connected(destination, iface), VHOST_TIMEOUT,
                              f"OVS {destination.config.name} to run {iface}", interval=0.05)
-        else:
-            await qemu_b.wait_exit(DESTINATION_EXIT_TIMEOUT)
-            found = _LOAD_ERROR.search(qemu_b.process.log_text())
-            destination_error = found.group(0) if found else qemu_b.process.log_tail(3)
-        downtime = result.get("downtime")
         run = OvsMigrationRun(
-            iface=iface, mode=mode, offered=before.vhost_dev.features,
-            acked=negotiation.acked, status=status,
-            downtime_ms=downtime if isinstance(downtime, int) else None,
-            destination_error=destination_error, destination_acked=destination_acked,
+            **dataclasses.asdict(migration), iface=iface,
             destination_external_ids=await destination.get("Interface", iface, "external_ids"),
             destination_ovs_features=await _vsctl_or_none(
                 destination, "get", "Interface", iface, "status:features"))
