@@ -40,9 +40,9 @@ async def prepared(server: OvsdbServer) -> None:
                          for version in (V1, V2)])
 
 
-async def get(server: OvsdbServer, column: str) -> str | None:
+async def get(server: OvsdbServer, column: str, iface: str = "vhu0") -> str | None:
     try:
-        return (await server.vsctl("get", "Interface", "vhu0", column)).strip().strip('"')
+        return (await server.vsctl("get", "Interface", iface, column)).strip().strip('"')
     except LabError:
         return None  # being re-created
 
@@ -72,10 +72,22 @@ def test_modes_restarts_and_a_crash_between_removal_and_insertion(short_dir: Pat
                                "type=dpdkvhostuserclient", f"options:vhost-compat-version={V1}",
                                f"external_ids:vhost-compat-frontend-path={QEMU}",
                                "external_ids:iface-id=port-1")
+            not_a_socket = short_dir / "qemu-file"
+            not_a_socket.write_text("")
+            await server.vsctl("add-port", "br0", "vhu1", "--", "set", "Interface", "vhu1",
+                               "type=dpdkvhostuserclient", f"options:vhost-compat-version={V1}",
+                               f"options:vhost-server-path={not_a_socket}")
             async with running(here) as agent:
                 await wait_until(lambda: _is(server, "options:vhost-server-path", agent_path),
                                  TIMEOUT, "the redirection", interval=0.02)
                 assert agent.proxies["vhu0"].running.version == V1
+                # QEMU's path is not a socket: said on the row, and OVS kept off it.
+                await wait_until(lambda: _is(server, "options:vhost-server-path",
+                                             here.socket_path("vhu1"), "vhu1"),
+                                 TIMEOUT, "vhu1 redirected", interval=0.02)
+                assert (await get(server, "external_ids:vhost-compat-status", "vhu1") or ""
+                        ).startswith("failed: the proxy cannot start: ")
+                assert "vhu1" not in agent.proxies
                 assert await get(server, "external_ids:iface-id") == "port-1"
                 uuid = await get(server, "_uuid")
                 await server.vsctl("set", "Interface", "vhu0",
@@ -105,5 +117,5 @@ def test_modes_restarts_and_a_crash_between_removal_and_insertion(short_dir: Pat
     run_bounded(play(), 90)
 
 
-async def _is(server: OvsdbServer, column: str, value: str) -> bool:
-    return await get(server, column) == value
+async def _is(server: OvsdbServer, column: str, value: str, iface: str = "vhu0") -> bool:
+    return await get(server, column, iface) == value

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ from vhostcompat.agent.reconcile import (
     WriteStatus,
     reconcile,
 )
-from vhostcompat.errors import VhostCompatError
+from vhostcompat.errors import InputError, VhostCompatError
 from vhostcompat.hoststore import (
     NEGOTIATED_KEYS,
     STATUS_KEY,
@@ -90,6 +91,7 @@ from vhostcompat.proxy import (
     SocketRole,
     StatusBoard,
 )
+from vhostcompat.transport import MAX_SOCKET_PATH
 
 _log = logging.getLogger("vhostcompat.agent")
 
@@ -125,11 +127,22 @@ class AgentConfig:
     timeout: float = TIMEOUT
 
     def socket_path(self, name: str) -> str:
-        """The agent's socket for an interface (names that are not path-safe are hashed)."""
-        if _SAFE_NAME.fullmatch(name) and name not in (".", ".."):
-            return str(self.state_dir / f"{name}.sock")
+        """The agent's socket for an interface (names that are not path-safe, or too
+        long for a socket path, are hashed)."""
+        plain = str(self.state_dir / f"{name}.sock")
+        if _SAFE_NAME.fullmatch(name) and name not in (".", "..") and \
+                len(os.fsencode(plain)) <= MAX_SOCKET_PATH:
+            return plain
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
         return str(self.state_dir / f"iface-{digest}.sock")
+
+    def check(self) -> None:
+        """Refuse a state directory whose socket paths cannot fit (107 bytes)."""
+        longest = self.socket_path("\0")  # a hashed name: the longest path used
+        if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+            raise InputError(f"--state-dir {self.state_dir} is too long for the agent's "
+                             f"sockets ({len(os.fsencode(longest))} > {MAX_SOCKET_PATH} "
+                             "bytes); choose a shorter directory")
 
 
 class RowSink:
@@ -168,13 +181,15 @@ class Agent:
     """One host's agent; :meth:`run` until ``stop`` is set."""
 
     def __init__(self, config: AgentConfig) -> None:
+        config.check()
         self.config = config
         self.tables = Tables()
         self.proxies: dict[str, Managed] = {}
         self.journal = Journal.open(config.state_dir)
         self.published: dict[str, CompatProfile] = {}
-        self.reconciled = 0
-        self.served = asyncio.Event()  # set after every reconciliation that left nothing to do
+        # Proxies that could not start (QEMU's path unusable): not retried until the
+        # interface's mode or QEMU's path changes on the row.
+        self.failed: dict[str, RunningProxy] = {}
         self._dirty = asyncio.Event()
         self._resynced = False
         self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -256,14 +271,17 @@ class Agent:
             await self._after_resync()
         self.published = self._published()
         views = [self._view(row) for row in self.tables.table("Interface").values()]
+        modes = {view.name: view.mode for view in views}
+        self.failed = {name: failed for name, failed in self.failed.items()
+                       if modes.get(name) == failed.version}
         running = {name: managed.running for name, managed in self.proxies.items()}
         actions = reconcile(views, self.published, running, self.config.socket_path,
                             self.journal.frontends())
         for action in actions:
+            if isinstance(action, StartProxy) and self.failed.get(action.name) == RunningProxy(
+                    action.profile.version, action.frontend_path):
+                continue
             await self._execute(action)
-        self.reconciled += 1
-        if not actions:
-            self.served.set()
 
     async def _after_resync(self) -> None:
         """The database's contents came anew (start, ovsdb-server restart)."""
@@ -357,7 +375,16 @@ class Agent:
         if entry.frontend_path != frontend_path:
             entry.frontend_path = frontend_path
             self.journal.save()
-        await server.start()
+        try:
+            await server.start()
+        except VhostCompatError as error:
+            # The port is still redirected (the next action): fail closed, said on the row.
+            self.failed[name] = RunningProxy(profile.version, frontend_path)
+            status = Status(StatusKind.FAILED, f"the proxy cannot start: {error}")
+            event(_log, "status", logging.ERROR, iface=name, status=str(status))
+            await self.writer.write_ids(name, {STATUS_KEY: str(status)})
+            return
+        self.failed.pop(name, None)
         board.start()
         self.proxies[name] = Managed(RunningProxy(profile.version, frontend_path), server,
                                      board, sink)
