@@ -40,6 +40,7 @@ from vhostcompat.lab.commands import RunningAgent, run_agent
 from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.ovs import OVS_VSCTL, OvsConfig, RunningOvs, run_ovs, run_ovs_pair
 from vhostcompat.lab.process import wait_until
+from vhostcompat.lab.qemu import device_offer
 from vhostcompat.lab.story import FRONTEND_PATH_KEY, ovs_migration, qemu_socket
 from vhostcompat.profiles import load_catalog
 
@@ -131,6 +132,7 @@ def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: P
 
             # Without a mode: the guest takes A's TSO and B's QEMU refuses the load.
             async with ovs_migration(lab_dir, host_a, host_b, "vhu1") as (run, _, _):
+                assert run.host_features & HOST_TSO == HOST_TSO
                 assert run.acked & HOST_TSO == HOST_TSO
                 assert run.status == "failed"
                 assert run.destination_error is not None and "unsupported" in \
@@ -140,7 +142,10 @@ def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: P
             async with run_agent(host_a.remote, lab_dir / "agent-a", lab_dir, "agent-a"), \
                     run_agent(host_b.remote, lab_dir / "agent-b", lab_dir, "agent-b") as agent_b, \
                     ovs_migration(lab_dir, host_a, host_b, "vhu0", BASE) as (run, _, qemu_b):
-                assert run.offered == base.virtio_features  # QEMU's device came up in V
+                # QEMU's device came up in V: its back-end offered V, its guest saw V's share.
+                assert run.offered == base.virtio_features
+                assert run.host_features == device_offer(base.virtio_features)
+                assert not run.host_features & HOST_TSO
                 assert not run.acked & HOST_TSO
                 assert run.status == "completed"
                 assert run.destination_acked == run.acked

@@ -162,7 +162,8 @@ class RowSink:
         entries[STATUS_KEY] = str(status_of(status))
         if entries == self.last:
             return
-        await self.agent.writer.write_ids(self.name, entries, drop=NEGOTIATED_KEYS)
+        if not await self.agent.writer.write_ids(self.name, entries, drop=NEGOTIATED_KEYS):
+            return  # the row is being re-created: written again once it is back
         if entries.get(STATUS_KEY) != (self.last or {}).get(STATUS_KEY):
             event(_log, "status", iface=self.name, status=entries[STATUS_KEY],
                   acked=entries.get("vhost-compat-acked-features"))
@@ -228,6 +229,11 @@ class Agent:
                     await task
             for name in list(self.proxies):
                 await self._stop_proxy(name, "the agent stops", write=False)
+                with contextlib.suppress(VhostCompatError, TimeoutError):
+                    # The port stays on the agent's socket: say why nothing answers there.
+                    await asyncio.wait_for(self.writer.write_ids(name, {STATUS_KEY: str(
+                        Status(StatusKind.WAITING, "the agent is stopped"))}),
+                        self.config.timeout)
             await client.close()
             event(_log, "stopped")
 
@@ -274,6 +280,9 @@ class Agent:
         modes = {view.name: view.mode for view in views}
         self.failed = {name: failed for name, failed in self.failed.items()
                        if modes.get(name) == failed.version}
+        for name, entry in list(self.journal.entries.items()):
+            if name not in modes and entry.pending is None and name not in self.proxies:
+                self.journal.forget(name)  # the interface is gone from the database
         running = {name: managed.running for name, managed in self.proxies.items()}
         actions = reconcile(views, self.published, running, self.config.socket_path,
                             self.journal.frontends())
@@ -431,3 +440,7 @@ class Agent:
         entry.pending = None
         self.journal.save()
         event(_log, what, logging.INFO, iface=name, **fields)
+        managed = self.proxies.get(name)
+        if managed is not None:  # a status published while the row was away
+            managed.sink.last = None
+            await managed.sink.publish(managed.board.status)

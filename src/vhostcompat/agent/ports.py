@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vhostcompat.agent.reconcile import FRONTEND_PATH_KEY, SERVER_PATH_KEY
+from vhostcompat.agent.reconcile import SERVER_PATH_KEY
 from vhostcompat.errors import HostError
 from vhostcompat.ovsdb import Insert, Mutate, NamedUuid, OvsdbClient, Select, Uuid, Wait
 from vhostcompat.ovsdb.values import decode_value, encode_value
@@ -242,16 +242,17 @@ class PortWriter:
                    mutations=[("ports", "insert", frozenset({NamedUuid("port")}))]))
 
     async def write_ids(self, name: str, values: Mapping[str, str],
-                        drop: tuple[str, ...] = ()) -> None:
-        """Set (and first delete) keys of an Interface's external_ids; nothing else."""
+                        drop: tuple[str, ...] = ()) -> bool:
+        """Set (and first delete) keys of an Interface's external_ids; nothing else.
+
+        False when no such row exists right now (e.g. while it is re-created).
+        """
         keys = frozenset({*drop, *values})
         mutations: list[Any] = [("external_ids", "delete", keys)] if keys else []
         if values:
             mutations.append(("external_ids", "insert", dict(values)))
-        if mutations:
-            await self.client.transact(Mutate("Interface", where=[("name", "==", name)],
-                                              mutations=mutations))
-
-
-def frontend_ids(frontend_path: str) -> dict[str, str]:
-    return {FRONTEND_PATH_KEY: frontend_path}
+        if not mutations:
+            return True
+        (result,) = await self.client.transact(Mutate("Interface", where=[("name", "==", name)],
+                                                      mutations=mutations))
+        return bool(result.get("count"))

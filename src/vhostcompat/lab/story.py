@@ -45,6 +45,8 @@ class Migration:
     mode: str | None
     offered: VirtioFeature
     """What QEMU on A was offered on its vhost-user socket (the back-end's, or the proxy's)."""
+    host_features: VirtioFeature
+    """What QEMU's device on A offered its guest (QMP ``host-features``)."""
     acked: VirtioFeature
     """What the guest on A acked."""
     status: str
@@ -82,7 +84,8 @@ async def migrate_guest(source: RunningQemu, destination: RunningQemu, uri: str,
         found = _LOAD_ERROR.search(destination.process.log_text())
         destination_error = found.group(0) if found else destination.process.log_tail(3)
     downtime = result.get("downtime")
-    return Migration(mode=mode, offered=before.vhost_dev.features, acked=negotiation.acked,
+    return Migration(mode=mode, offered=before.vhost_dev.features,
+                     host_features=before.host_features, acked=negotiation.acked,
                      status=status, downtime_ms=downtime if isinstance(downtime, int) else None,
                      destination_error=destination_error, destination_acked=destination_acked)
 
