@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import run_cli
+from tests.ovsdb.helpers import add_vhost_port, require_ovsdb
 from tests.proxy.fakes import NARROW, WAIT, F, FakeBackend, FakeFrontend
 from vhostcompat.hoststore import open_host
 from vhostcompat.lab.commands import ProxyConfig, ProxyMode, run_proxy
+from vhostcompat.lab.ovsdb import run_ovsdb_server
 from vhostcompat.lab.process import wait_until
 from vhostcompat.proxy import ProxyState, ProxyStatus, StatusFile
 from vhostcompat.transport import connect, listen
@@ -129,14 +133,30 @@ def test_proxy_status_of_a_missing_or_corrupt_file_is_exit_2(
     assert status == 2 and "bad.json" in err
 
 
+@contextlib.asynccontextmanager
+async def host_store(kind: str, short_dir: Path) -> AsyncIterator[str]:
+    """A host address: an embedded store, or a real ovsdb-server with port vhu0."""
+    if kind == "embedded":
+        yield str(short_dir / "host")
+        return
+    require_ovsdb()
+    async with run_ovsdb_server(short_dir, "db") as server:
+        await add_vhost_port(server)
+        yield server.remote
+
+
+@pytest.mark.parametrize("kind", ["embedded", "ovsdb"])
 def test_the_proxy_process_relays_records_in_the_host_store_and_stops_on_sigterm(
-        short_dir: Path, catalog: Path) -> None:
+        short_dir: Path, catalog: Path, kind: str) -> None:
     """The CLI as deployed: mode read from the host store, negotiated state written back."""
-    host = str(short_dir / "host")
     frontend_path, backend_path = short_dir / "vhu0.sock", short_dir / "be.sock"
     status_file = short_dir / "vhu0.json"
 
     async def scenario() -> None:
+        async with host_store(kind, short_dir) as host:
+            await proxy_story(host)
+
+    async def proxy_story(host: str) -> None:
         async with open_host(host) as store:
             await store.publish([NARROW])
             await store.assign("vhu0", NARROW.version)

@@ -20,6 +20,9 @@ EXIT_OK = 0
 EXIT_NO = 1
 EXIT_ERROR = 2
 
+HOST_HELP = ("a host: an OVSDB remote (unix:PATH, tcp:IP:PORT, or comma-separated members "
+             "of one database) or a directory path (the embedded store)")
+
 
 class Report(Protocol):
     """What a reporting command prints: human lines, or one JSON document."""
@@ -40,6 +43,14 @@ def add_command(subparsers: Subparsers, name: str, handler: Handler, *, summary:
         add_json_option(parser)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def add_host_option(parser: argparse.ArgumentParser, *names: str, required: bool = True,
+                    extra: str = "", **options: Any) -> None:
+    """A HOST argument (``--db``, ``--from`` ... or positional ``hosts``) with the one help."""
+    if names[0].startswith("-"):
+        options["required"] = required
+    parser.add_argument(*names, metavar="HOST", help=HOST_HELP + extra, **options)
 
 
 def emit_report(args: argparse.Namespace, report: Report) -> None:

@@ -1,7 +1,7 @@
 """Host subcommands: ``publish``, ``versions``, ``assign``.
 
-A HOST is a directory path (the embedded store; ``publish`` creates it) or,
-later, an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``).
+A HOST is an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``, comma-separated
+members) or a directory path (the embedded store; ``publish`` creates it).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from vhostcompat.cli.common import (
     EXIT_OK,
     Subparsers,
     add_command,
+    add_host_option,
     catalog_from,
     emit_json,
     emit_lines,
@@ -94,8 +95,7 @@ def register(subparsers: Subparsers) -> None:
                     "--probe or --probe-ovs only the profiles whose every feature and "
                     "limit the running backend honours are published; the others are "
                     "listed with the reasons (exit 1 and nothing written when none is).")
-    parser.add_argument("--db", required=True, metavar="HOST",
-                        help="host store: a directory path")
+    add_host_option(parser, "--db", extra="; an embedded store is created if needed")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
     probed = parser.add_mutually_exclusive_group()
@@ -116,13 +116,13 @@ def register(subparsers: Subparsers) -> None:
     parser = add_command(subparsers, "versions", versions,
                          summary="the versions each host publishes",
                          description="List the versions each host publishes.")
-    parser.add_argument("hosts", nargs="+", metavar="HOST")
+    add_host_option(parser, "hosts", nargs="+")
 
     parser = add_command(
         subparsers, "assign", assign,
         summary="set an interface's compatibility version on a host",
         description="Write an interface's compatibility version into a host's store "
                     "(Interface options:vhost-compat-version). The host must publish it.")
-    parser.add_argument("--db", required=True, metavar="HOST")
+    add_host_option(parser, "--db")
     parser.add_argument("--iface", required=True, metavar="NAME")
     parser.add_argument("--version", required=True, metavar="VERSION")

@@ -10,6 +10,7 @@ from vhostcompat.cli.common import (
     EXIT_OK,
     Subparsers,
     add_command,
+    add_host_option,
     catalog_from,
     emit_json,
     emit_lines,
@@ -62,7 +63,7 @@ def register(subparsers: Subparsers) -> None:
         subparsers, "select", select, summary="the first version every host publishes",
         description="Select the first version (in the first host's preference order) "
                     "that every host publishes. Exit 1 if there is none.")
-    parser.add_argument("hosts", nargs="+", metavar="HOST")
+    add_host_option(parser, "hosts", nargs="+")
     _add_prefer(parser)
 
     parser = add_command(
@@ -70,7 +71,7 @@ def register(subparsers: Subparsers) -> None:
         summary="select for these hosts, then assign on each of them",
         description="Select a version for an interface that may run on any of these "
                     "hosts and write it into every host's store. Exit 1 if none.")
-    parser.add_argument("hosts", nargs="+", metavar="HOST")
+    add_host_option(parser, "hosts", nargs="+")
     parser.add_argument("--iface", required=True, metavar="NAME")
     _add_prefer(parser)
 
@@ -81,8 +82,8 @@ def register(subparsers: Subparsers) -> None:
                     "interface's version (or an equivalent profile, by content) and what "
                     "the guest negotiated. Exit 0 compatible, 1 incompatible.")
     parser.add_argument("--iface", required=True, metavar="NAME")
-    parser.add_argument("--from", dest="source", required=True, metavar="HOST")
-    parser.add_argument("--to", dest="destination", required=True, metavar="HOST")
+    add_host_option(parser, "--from", dest="source")
+    add_host_option(parser, "--to", dest="destination")
 
     parser = add_command(
         subparsers, "matrix", matrix, catalog=True,
@@ -90,5 +91,5 @@ def register(subparsers: Subparsers) -> None:
         description="For every ordered pair of hosts, can a VM of this version move? "
                     "Exit 0 if every pair whose source publishes the version can, 1 "
                     "otherwise (or if no host publishes it).")
-    parser.add_argument("hosts", nargs="+", metavar="HOST")
+    add_host_option(parser, "hosts", nargs="+")
     parser.add_argument("--version", required=True, metavar="VERSION")

@@ -27,6 +27,7 @@ from vhostcompat.cli.common import (
     Subparsers,
     add_catalog_option,
     add_command,
+    add_host_option,
     catalog_from,
     emit_report,
     run,
@@ -149,8 +150,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--backend", required=True, metavar="PATH[:client|:server]",
                         help="the back-end's socket (default role: client, the back-end "
                              "listens)")
-    parser.add_argument("--db", metavar="HOST",
-                        help="host store: read the interface's mode, record what it negotiated")
+    add_host_option(parser, "--db", required=False,
+                    extra=": read the interface's mode there, record what it negotiated")
     parser.add_argument("--iface", metavar="NAME", help="the interface's name in the host store")
     parser.add_argument("--status-file", metavar="PATH",
                         help="write the status here as JSON (atomically, on every change)")

@@ -346,6 +346,23 @@ def decode_ovs_status(address: str, name: str, status: Mapping[str, str]) -> Ovs
 
 
 def decode_profile(address: str, key: str, text: str) -> CompatProfile:
+    """A published profile; the same text (as most hosts of a fleet publish) is decoded once."""
+    known = _PROFILES.get((key, text))
+    if known is not None:
+        return known
+    profile = _decode_profile(address, key, text)
+    if len(_PROFILES) >= PROFILE_CACHE_ENTRIES:
+        _PROFILES.clear()
+    _PROFILES[(key, text)] = profile
+    return profile
+
+
+# Decoded profiles by (key, text): CompatProfile is frozen, so sharing is safe.
+_PROFILES: dict[tuple[str, str], CompatProfile] = {}
+PROFILE_CACHE_ENTRIES = 1024
+
+
+def _decode_profile(address: str, key: str, text: str) -> CompatProfile:
     data = load_json(address, key, text)
     if not isinstance(data, dict):
         raise HostStoreCorruptError(address, f"{key} is not a JSON object")

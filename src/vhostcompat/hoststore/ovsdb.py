@@ -105,11 +105,16 @@ class OvsdbHostStore(HostStore):
     async def client(self) -> OvsdbClient:
         """The connection, made on first use (no reconnect: one command, one answer)."""
         if self._client is None:
-            client = OvsdbClient(self.remotes, timeout=self.timeout,
-                                 required_columns=REQUIRED_COLUMNS, reconnect=False)
-            await client.connect()
-            self._client = client
+            await self._connect()
+        assert self._client is not None
         return self._client
+
+    async def _connect(self, read: Sequence[Select] = ()) -> list[dict[str, Any]]:
+        client = OvsdbClient(self.remotes, timeout=self.timeout,
+                             required_columns=REQUIRED_COLUMNS, reconnect=False)
+        results = await client.connect(read=read)
+        self._client = client
+        return results
 
     async def close(self) -> None:
         if self._client is not None:
@@ -119,8 +124,11 @@ class OvsdbHostStore(HostStore):
     # -- reads ------------------------------------------------------------------
 
     async def _select(self, *selects: Select) -> list[list[DecodedRow]]:
-        client = await self.client()
-        results = await client.transact(*selects)
+        """One transaction of selects; the first travels with the connection's get_schema."""
+        if self._client is None:
+            results = await self._connect(read=selects)
+        else:
+            results = await self._client.transact(*selects)
         return [result["rows"] for result in results]
 
     def _root(self, rows: list[DecodedRow], required: bool = True) -> DecodedRow | None:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from vhostcompat.ovsdb.connection import Connection, ResultHook
+from vhostcompat.ovsdb.connection import Connection, Request, ResultHook
 from vhostcompat.ovsdb.errors import (
     OvsdbCommitError,
     OvsdbConflictError,
@@ -152,17 +152,25 @@ class OvsdbClient:
 
     # -- connecting -------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Connect to the first member that answers; see the module docstring."""
+    async def connect(self, *, read: Sequence[Select] = ()) -> list[Result]:
+        """Connect to the first member that answers; see the module docstring.
+
+        ``read``: selects sent in the same write as ``get_schema`` (one round
+        trip instead of two, for one-shot readers), their results returned
+        once the schema passed the check. Only selects: nothing is written
+        before the schema is known to fit.
+        """
         self._require(Runstate.IDLE)
+        if not all(isinstance(operation, Select) for operation in read):
+            raise ValueError("only selects travel with get_schema")
         self.runstate = Runstate.CONNECTING
         try:
-            await self._establish()
+            return await self._establish(read)
         except BaseException:
             self.runstate = Runstate.IDLE
             raise
 
-    async def _establish(self) -> None:
+    async def _establish(self, read: Sequence[Select] = ()) -> list[Result]:
         """Reach one member, check its schema, resume the monitors; RUNNING on return."""
         causes: list[tuple[str, BaseException]] = []
         count = len(self.remotes)
@@ -172,7 +180,7 @@ class OvsdbClient:
                 index = (self._next_member + offset) % count
                 remote = self.remotes[index]
                 try:
-                    connection = await self._open(remote)
+                    connection, results = await self._open(remote, read)
                     self._next_member = index
                     self._install(connection)
                     # RUNNING before the monitors' initial rows reach their readers.
@@ -185,7 +193,7 @@ class OvsdbClient:
                     continue
                 if self._connection is connection:
                     self._connected.set()
-                    return
+                    return results
                 causes.append((str(remote), connection.lost or OvsdbConnectionError("lost")))
                 self.runstate = Runstate.CONNECTING
         finally:
@@ -198,30 +206,35 @@ class OvsdbClient:
         if connection is not None:
             await connection.close()
 
-    async def _open(self, remote: Remote) -> Connection:
+    async def _open(self, remote: Remote, read: Sequence[Select]
+                    ) -> tuple[Connection, list[Result]]:
         async with asyncio.timeout(self.timeout):
-            reader, writer = await remote.open(self.max_message_bytes)
-        connection = Connection(str(remote), reader, writer, on_notify=self._notify,
-                                on_lost=self._lost, max_message_bytes=self.max_message_bytes,
-                                max_depth=self.max_depth)
+            connection = await Connection.open(
+                remote, on_notify=self._notify, on_lost=self._lost,
+                max_message_bytes=self.max_message_bytes, max_depth=self.max_depth)
         try:
-            self._schema = await self._fetch_schema(connection)
+            requests = [Request("get_schema", [self.database], SCHEMA_REQUEST_ID)]
+            if read:
+                requests.append(Request("transact", self._transact_params(read)))
+            answers = await connection.call_many(requests, self.timeout,
+                                                 return_exceptions=True)
+            self._schema = await self._checked_schema(connection, answers[0])
+            results = self._results(connection.remote, read, answers[1]) if read else []
         except BaseException:
             await connection.close()
             raise
-        return connection
+        return connection, results
 
-    async def _fetch_schema(self, connection: Connection) -> DatabaseSchema:
-        try:
-            answer = await connection.call("get_schema", [self.database], self.timeout,
-                                           request_id=SCHEMA_REQUEST_ID)
-        except OvsdbRequestError:
+    async def _checked_schema(self, connection: Connection, answer: object) -> DatabaseSchema:
+        if isinstance(answer, OvsdbRequestError):
             databases = await connection.call("list_dbs", [], self.timeout)
             # _Server is ovsdb-server's own database, not one a host serves.
             served = ", ".join(str(name)[:60] for name in databases if name != "_Server"
                                ) if isinstance(databases, list) else "?"
             raise OvsdbSchemaError(connection.remote, f"no database {self.database!r} "
-                                   f"(it serves: {served or 'none'})") from None
+                                   f"(it serves: {served or 'none'})")
+        if isinstance(answer, BaseException):
+            raise answer
         try:
             schema = _schema_of(answer)
         except ValueShapeError as error:
@@ -334,15 +347,22 @@ class OvsdbClient:
         """Run ``operations`` as one transaction; one result dict per operation."""
         if not operations:
             raise ValueError("a transaction needs at least one operation")
-        params = [self.database, *(operation.to_json() for operation in operations)]
         try:
-            reply = await self._call("transact", params, timeout)
+            reply = await self._call("transact", self._transact_params(operations), timeout)
         except OvsdbConnectionError as error:
             if "lost while waiting" in str(error):
                 raise OvsdbConnectionError(f"{error}; the transaction may or may not have "
                                            "been committed") from None
             raise
-        remote = self.remote or self.address
+        return self._results(self.remote or self.address, operations, reply)
+
+    def _transact_params(self, operations: Sequence[Operation]) -> list[Any]:
+        return [self.database, *(operation.to_json() for operation in operations)]
+
+    def _results(self, remote: str, operations: Sequence[Operation], reply: object
+                 ) -> list[Result]:
+        if isinstance(reply, BaseException):
+            raise reply
         try:
             return transaction_results(remote, operations, reply, self.schema)
         except ValueShapeError as error:
