@@ -4,7 +4,8 @@ Two measurements, against real standalone ovsdb-servers started here:
 
 * **round trip**: one ``select`` of ``Open_vSwitch external_ids`` on one
   open connection, over the Unix socket and over TCP on 127.0.0.1, timed one
-  by one (median and p99, microseconds);
+  by one (median and p99, microseconds), and the same request written and
+  read back by bare asyncio streams on the Unix socket (the floor);
 * **versions over a fleet**: ``HOSTS`` servers (default 200), each
   published with the shipped catalog, asked for their published versions
   four ways, round-robin, ``--repeat`` times:
@@ -18,7 +19,8 @@ Two measurements, against real standalone ovsdb-servers started here:
   - the same ``ovs-vsctl`` calls, 8 at a time;
   - and, as the floor of the machine, bare asyncio streams sending the same
     two requests (``get_schema`` and the selects) and reading until the
-    answer, with no checks and no decoding.
+    answer, with no checks and no decoding; and the same without
+    ``get_schema`` (what the schema check costs the servers).
 
   Ratios are of medians, sequential (target at least 20) and 8-parallel
   (target at least 5) over the in-process query; every variant's answers
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shutil
 import statistics
@@ -53,10 +56,11 @@ HOSTS = 200
 ROUND_TRIPS = 2000
 PARALLEL = 8
 TARGET_SEQUENTIAL, TARGET_PARALLEL = 20.0, 5.0
-IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR = (
+IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA = (
     "vhostcompat (in-process)", "vhostcompat versions (process)",
-    "ovs-vsctl sequential", f"ovs-vsctl {PARALLEL} at a time", "bare asyncio (floor)")
-VARIANTS = (IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR)
+    "ovs-vsctl sequential", f"ovs-vsctl {PARALLEL} at a time", "bare asyncio (floor)",
+    "bare asyncio, no get_schema")
+VARIANTS = (IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA)
 Answers = dict[str, tuple[str, ...]]
 
 
@@ -87,12 +91,35 @@ def latency(samples: Sequence[float]) -> dict[str, float]:
             "min_us": round(min(samples), 1), "samples": len(samples)}
 
 
+async def bare_round_trips(path: Path, count: int) -> list[float]:
+    """The same select, by hand on a bare stream: what the machine allows."""
+    request = json.dumps({"method": "transact", "params": [
+        "Open_vSwitch", {"op": "select", "table": "Open_vSwitch", "where": [],
+                         "columns": ["external_ids"]}], "id": 1}).encode()
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    samples = []
+    try:
+        for index in range(count + min(count, 100)):
+            started = time.perf_counter_ns()
+            writer.write(request)
+            received = b""
+            while not received.endswith(b"}"):
+                received += await reader.read(65536)
+            if index >= min(count, 100):
+                samples.append((time.perf_counter_ns() - started) / 1e3)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return samples
+
+
 async def measure_round_trips(run_dir: Path, count: int) -> dict[str, Any]:
     async with run_ovsdb_server(run_dir, "round-trip", tcp=True) as server:
         assert server.tcp_remote is not None
         unix = await round_trips(server.remote, count)
         tcp = await round_trips(server.tcp_remote, count)
-    return {"unix": latency(unix), "tcp": latency(tcp)}
+        bare = await bare_round_trips(server.socket_path, count)
+    return {"unix": latency(unix), "tcp": latency(tcp), "bare_unix": latency(bare)}
 
 
 # -- versions over a fleet ---------------------------------------------------------------
@@ -136,19 +163,20 @@ async def query_parallel(servers: Sequence[OvsdbServer]) -> Answers:
     return dict(await asyncio.gather(*(one(server) for server in servers)))
 
 
-def bare_requests() -> bytes:
-    """What the OVSDB store sends on connect, written by hand: get_schema, then the selects."""
+def bare_requests(schema: bool = True) -> bytes:
+    """What the OVSDB store sends on connect, by hand: get_schema (or not), then the selects."""
     selects = [{"op": "select", "table": "Open_vSwitch", "where": [],
                 "columns": ["_uuid", "external_ids"]},
                {"op": "select", "table": "Interface", "where": [],
                 "columns": ["_uuid", "name", "options", "external_ids", "status"]}]
-    return (json.dumps({"method": "get_schema", "params": ["Open_vSwitch"], "id": "schema"})
-            + json.dumps({"method": "transact", "params": ["Open_vSwitch", *selects],
-                          "id": 1})).encode()
+    get_schema = json.dumps({"method": "get_schema", "params": ["Open_vSwitch"],
+                             "id": "schema"}) if schema else ""
+    return (get_schema + json.dumps({"method": "transact", "params": ["Open_vSwitch", *selects],
+                                     "id": 1})).encode()
 
 
-async def query_bare(servers: Sequence[OvsdbServer]) -> Answers:
-    request = bare_requests()
+async def query_bare(servers: Sequence[OvsdbServer], schema: bool = True) -> Answers:
+    request = bare_requests(schema)
 
     async def one(server: OvsdbServer) -> tuple[str, tuple[str, ...]]:
         reader, writer = await asyncio.open_unix_connection(str(server.socket_path),
@@ -172,7 +200,8 @@ async def query_bare(servers: Sequence[OvsdbServer]) -> Answers:
 
 QUERIES: Mapping[str, Callable[[Sequence[OvsdbServer]], Awaitable[Answers]]] = {
     IN_PROCESS: query_in_process, COMMAND: query_command,
-    SEQUENTIAL: query_sequential, PARALLEL_8: query_parallel, FLOOR: query_bare}
+    SEQUENTIAL: query_sequential, PARALLEL_8: query_parallel, FLOOR: query_bare,
+    FLOOR_NO_SCHEMA: functools.partial(query_bare, schema=False)}
 
 
 async def measure_fleet(run_dir: Path, hosts: int, repeat: int) -> dict[str, list[float]]:
@@ -230,8 +259,8 @@ def render(document: Document) -> str:
     trips = document["round_trip"]
     fleet = document["versions_over_fleet"]
     lines = ["select round trip on one connection (us): median / p99",
-             *(f"  {kind:<6}{trips[kind]['median_us']:>10.1f} /{trips[kind]['p99_us']:>9.1f}"
-               for kind in ("unix", "tcp")),
+             *(f"  {kind:<10}{trips[kind]['median_us']:>10.1f} /{trips[kind]['p99_us']:>9.1f}"
+               for kind in ("unix", "tcp", "bare_unix")),
              f"versions of {fleet['hosts']} ovsdb-servers, {document['repeat']} run(s) each "
              "(s): median [min-max]"]
     for variant in VARIANTS:

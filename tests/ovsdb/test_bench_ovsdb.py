@@ -8,6 +8,7 @@ import pytest
 from bench.bench_ovsdb import (
     COMMAND,
     FLOOR,
+    FLOOR_NO_SCHEMA,
     IN_PROCESS,
     PARALLEL_8,
     SEQUENTIAL,
@@ -24,14 +25,15 @@ from tests.ovsdb.helpers import require_ovsdb
 
 def test_ratios_are_of_medians() -> None:
     timings = {IN_PROCESS: [0.1, 0.2, 0.3], COMMAND: [0.5, 0.5, 0.5],
-               SEQUENTIAL: [4.0, 4.0, 5.0], PARALLEL_8: [1.0, 1.2, 2.0], FLOOR: [0.1, 0.1, 0.1]}
+               SEQUENTIAL: [4.0, 4.0, 5.0], PARALLEL_8: [1.0, 1.2, 2.0], FLOOR: [0.1, 0.1, 0.1],
+               FLOOR_NO_SCHEMA: [0.05, 0.05, 0.05]}
     report = fleet_report(timings, 200)
     assert report["ratio_sequential"] == 20.0 and report["ratio_parallel"] == 6.0
     assert report["ratio_sequential_vs_process"] == 8.0
     assert report["seconds"][PARALLEL_8] == {"median": 1.2, "min": 1.0, "max": 2.0,
                                              "samples": [1.0, 1.2, 2.0]}
     document = {"repeat": 3, "round_trip": {kind: latency([100.0, 120.0, 900.0])
-                                            for kind in ("unix", "tcp")},
+                                            for kind in ("unix", "tcp", "bare_unix")},
                 "versions_over_fleet": report}
     text = render(document)
     assert "ratio sequential / in-process: 20.0 (target >= 20)" in text

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -268,3 +270,19 @@ def test_a_hostile_server_is_refused_and_disconnected(short_dir: Path, sent: byt
             assert "\n" not in str(caught.value)
 
     run_bounded(scenario(), 30.0)
+
+
+def test_a_hung_server_is_probed_dropped_and_reached_again(short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        async with await connect(server.remote, timeout=0.5, probe_interval=0.5) as client:
+            os.kill(server.pid, signal.SIGSTOP)  # alive, socket open, never answering
+            try:
+                await wait_until(lambda: client.runstate is Runstate.CONNECTING, 10.0,
+                                 "the client to drop the silent server")
+                assert "no reply to an echo probe within 0.5 s" in str(client.last_error)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await client.select("Open_vSwitch", columns=["_uuid"], timeout=10.0)
+            assert client.connections_made >= 2
+
+    with_server(short_dir, scenario)

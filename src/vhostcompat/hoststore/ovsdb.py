@@ -13,6 +13,8 @@ client (:mod:`vhostcompat.ovsdb`), readable and writable with plain
   another writer changed them meanwhile, the server writes nothing and this
   store raises :class:`HostStoreConflictError` (one line, exit 2): two tools
   writing at once never lose an update.
+* ``record_negotiated`` reads nothing: one ``mutate`` replaces the
+  negotiated keys and leaves every other key to its writers.
 * ``assign`` and ``record_negotiated`` never create an Interface row (OVSDB
   garbage-collects Interface rows that no Port links): an interface that
   does not exist is an error naming it.
@@ -33,6 +35,7 @@ from typing import Any
 from vhostcompat.errors import InputError
 from vhostcompat.hoststore.model import (
     INTERFACE_VERSION_KEY,
+    NEGOTIATED_KEYS,
     HostRecord,
     HostStore,
     HostStoreConflictError,
@@ -40,13 +43,14 @@ from vhostcompat.hoststore.model import (
     HostStoreMissingError,
     NotPublishedError,
     check_interface_name,
-    negotiated_external_ids,
+    encode_negotiated,
     published_external_ids,
     record_from_rows,
     require_published,
 )
 from vhostcompat.ovsdb import (
     Insert,
+    Mutate,
     OvsdbClient,
     OvsdbConflictError,
     Select,
@@ -195,9 +199,7 @@ class OvsdbHostStore(HostStore):
         root = self._root(root_rows)
         assert root is not None
         if not interface_rows:
-            raise NotPublishedError(self.address, f"no interface {interface!r} in the "
-                                    "Interface table (add its port first, e.g. ovs-vsctl "
-                                    "add-port; rows are never created here)")
+            raise _no_interface(self.address, interface)
         return _string_map(root["external_ids"]), interface_rows[0]
 
     async def assign(self, interface: str, version: str) -> None:
@@ -213,14 +215,23 @@ class OvsdbHostStore(HostStore):
                            Update(INTERFACE_TABLE, where, {"options": wanted}))
 
     async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
-        _, row = await self._interface(interface)
-        current = _string_map(row["external_ids"])
-        where = _by_uuid(row)
-        await self._commit(f"Interface {interface} external_ids",
-                           Wait(INTERFACE_TABLE, where, ["external_ids"],
-                                [{"external_ids": current}]),
-                           Update(INTERFACE_TABLE, where, {
-                               "external_ids": negotiated_external_ids(current, state)}))
+        """Replace the negotiated keys in one mutate: it reads nothing, so it waits on
+        nothing, and never conflicts with other writers of the row's external_ids
+        (libvirt's iface-id, an agent's keys)."""
+        check_interface_name(interface)
+        [result] = await self._commit(
+            f"Interface {interface} external_ids",
+            Mutate(INTERFACE_TABLE, [("name", "==", interface)], [
+                ("external_ids", "delete", frozenset(NEGOTIATED_KEYS)),
+                ("external_ids", "insert", encode_negotiated(state))]))
+        if result["count"] == 0:
+            raise _no_interface(self.address, interface)
+
+
+def _no_interface(address: str, interface: str) -> NotPublishedError:
+    return NotPublishedError(address, f"no interface {interface!r} in the Interface table "
+                             "(add its port first, e.g. ovs-vsctl add-port; rows are never "
+                             "created here)")
 
 
 def _by_uuid(row: DecodedRow) -> list[Condition]:

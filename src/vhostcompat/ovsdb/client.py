@@ -28,7 +28,10 @@ Lifecycle (:class:`Runstate`), after QEMU's QMP library::
   :class:`OvsdbCommitError` (an operation's error, or the commit's, read from
   the extra result element after the last operation's) /
   :class:`OvsdbConflictError` (a ``wait`` that failed).
-* ``echo`` requests from the server (its inactivity probe) are answered.
+* ``echo`` requests from the server (its inactivity probe) are answered;
+  with ``probe_interval`` the client probes a silent server the same way
+  and drops (then, with ``reconnect``, re-establishes) a connection whose
+  server does not answer within the timeout (a hung or vanished peer).
 
 Use ``async with await connect(remotes, ...) as client`` (or ``async with
 OvsdbClient(...) as client``, which connects on entry).
@@ -95,6 +98,7 @@ class OvsdbClient:
                  timeout: float = DEFAULT_TIMEOUT,
                  required_columns: RequiredColumns | None = None,
                  reconnect: bool = True, backoff_max: float = BACKOFF_MAX,
+                 probe_interval: float | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  max_depth: int = MAX_DEPTH) -> None:
         self.remotes = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
@@ -108,6 +112,8 @@ class OvsdbClient:
         self.required_columns: RequiredColumns = dict(required_columns or {})
         self.reconnect = reconnect
         self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
+        self._prober: asyncio.Task[None] | None = None
         self.max_message_bytes = max_message_bytes
         self.max_depth = max_depth
         self.runstate = Runstate.IDLE
@@ -132,6 +138,11 @@ class OvsdbClient:
     def remote(self) -> str | None:
         """The member connected to now, or None."""
         return None if self._connection is None else self._connection.remote
+
+    @property
+    def last_error(self) -> OvsdbError | None:
+        """Why the last connection ended, or the last reconnect attempt failed."""
+        return self._last_loss
 
     @property
     def schema(self) -> DatabaseSchema:
@@ -246,12 +257,36 @@ class OvsdbClient:
         self._connection = connection
         self.connections_made += 1
         _log.info("%s: connected to %s", connection.remote, self.database)
+        if self.probe_interval is not None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe(connection))
+
+    async def _probe(self, connection: Connection) -> None:
+        """Our own inactivity probe: a server silent for ``probe_interval`` gets an echo;
+        no reply within the timeout drops the connection (and so reconnects)."""
+        assert self.probe_interval is not None
+        loop = asyncio.get_running_loop()
+        while connection.lost is None:
+            idle = loop.time() - connection.last_received
+            if idle < self.probe_interval:
+                await asyncio.sleep(self.probe_interval - idle)  # a timer, not a poll
+                continue
+            try:
+                await connection.call("echo", [], self.timeout)
+            except OvsdbTimeoutError:
+                await connection.close(OvsdbConnectionError(
+                    f"{connection.remote}: silent for {idle:.1f} s and no reply to an echo "
+                    f"probe within {self.timeout:g} s"))
+            except OvsdbError:
+                return
 
     def _lost(self, connection: Connection, reason: OvsdbError) -> None:
         """The connection ended (called once per connection, from inside it)."""
         self._echo_replies += connection.echo_replies
         if connection is not self._connection:
             return
+        if self._prober is not None and self._prober is not asyncio.current_task():
+            self._prober.cancel()
+        self._prober = None
         self._connection = None
         self._connected.clear()
         self._last_loss = reason
@@ -286,6 +321,9 @@ class OvsdbClient:
             self._end_monitors()
             return
         self.runstate = Runstate.DISCONNECTING
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -85,6 +85,7 @@ class Connection(asyncio.Protocol):
         self._closed = asyncio.get_running_loop().create_future()
         self._log = _RemoteLogger(_log, {"remote": remote})
         self._debug = self._log.isEnabledFor(logging.DEBUG)
+        self.last_received = asyncio.get_running_loop().time()
 
     @classmethod
     async def open(cls, remote: Remote, *, on_notify: Notify, on_lost: LostHook,
@@ -159,9 +160,10 @@ class Connection(asyncio.Protocol):
         if pending is not None and not pending.future.done():
             pending.future.set_exception(OvsdbTimeoutError(self.remote, pending.method, timeout))
 
-    async def close(self) -> None:
-        """Close the stream; pending calls fail with "closed by the client"."""
-        self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the client"))
+    async def close(self, reason: OvsdbError | None = None) -> None:
+        """Close the stream; pending calls fail with ``reason`` ("closed by the client")."""
+        self._lose(reason or OvsdbConnectionError(f"{self.remote}: connection closed by the "
+                                                  "client"))
         # connection_lost follows once what we wrote is flushed; a peer that
         # never reads must not hold us: abort after a bound.
         try:
@@ -179,6 +181,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost is not None:
             return
+        self.last_received = asyncio.get_running_loop().time()
         try:
             for message in self._framer.feed(data):
                 self._dispatch(message)
