@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.cli.conftest import Cli
 from tests.helpers import run_bounded, run_cli_process
 from vhostcompat.lab.commands import run_reference_backend
 
@@ -42,3 +43,15 @@ def test_publish_only_what_a_listening_backend_honours(short_dir: Path) -> None:
             assert (status, out.strip()) == (0, f"{host}: {V26}")
 
     run_bounded(play())
+
+
+def test_probe_ovs_needs_an_ovsdb_remote_and_probes_exclude_each_other(
+        cli: Cli, tmp_path: Path) -> None:
+    result = cli("publish", "--db", str(tmp_path / "host"), "--probe-ovs")
+    assert result.status == 2 and "--probe-ovs needs an OVSDB remote" in result.stderr
+    result = cli("publish", "--db", str(tmp_path / "host"), "--probe-ovs", "--probe", "x.sock")
+    assert result.status == 2 and "not allowed with argument" in result.stderr
+    result = cli("publish", "--db", str(tmp_path / "host"), "--probe", "x", "--max-ring-size",
+                 "0")
+    assert result.status == 2 and "--max-ring-size must be positive" in result.stderr
+    assert not (tmp_path / "host").exists()
