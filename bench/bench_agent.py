@@ -39,7 +39,7 @@ from typing import Any
 from bench.common import Document, bench_parser, check_repeat, run_bench
 from vhostcompat.hoststore import encode_profile
 from vhostcompat.lab.commands import RunningAgent, run_agent
-from vhostcompat.lab.ovs import OvsConfig, RunningOvs, run_ovs
+from vhostcompat.lab.ovs import OvsConfig, RunningOvs, rss_kib, run_ovs
 from vhostcompat.lab.process import wait_until
 from vhostcompat.profiles import load_default_catalog
 
@@ -76,7 +76,7 @@ async def timed_set(ovs: RunningOvs, agent: RunningAgent, arguments: Sequence[st
     return sample
 
 
-async def measure_async(repeat: int) -> dict[str, list[dict[str, float]]]:
+async def measure_async(repeat: int) -> tuple[dict[str, list[dict[str, float]]], int | None]:
     catalog = load_default_catalog()
     run_dir = Path(tempfile.mkdtemp(prefix="vc-bench-", dir="/tmp"))
     samples: dict[str, list[dict[str, float]]] = {"assign": [], "change": []}
@@ -100,9 +100,10 @@ async def measure_async(repeat: int) -> dict[str, list[dict[str, float]]]:
                         ["proxy-started"]))
                     await timed_set(ovs, agent, ["remove", "Interface", "vhu0", "options",
                                                  "vhost-compat-version"], ["restored"])
+                rss = rss_kib(agent.process.pid)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return samples
+    return samples, rss
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -111,13 +112,15 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "stdev": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0}
 
 
-def report(samples: Mapping[str, Sequence[Mapping[str, float]]], repeat: int) -> Document:
+def report(samples: Mapping[str, Sequence[Mapping[str, float]]], repeat: int,
+           agent_rss_kib: int | None = None) -> Document:
     steps: dict[str, Any] = {}
     for variant, rows in samples.items():
         steps[variant] = {name: spread([row[name] for row in rows]) for name in rows[0]}
     served = steps["assign"]["redirected"]["median"]
     return {"repeat": repeat, "ms": steps, "assign_served_median_ms": served,
-            "target_ms": TARGET_MS, "within_target": served <= TARGET_MS}
+            "target_ms": TARGET_MS, "within_target": served <= TARGET_MS,
+            "agent_rss_kib": agent_rss_kib}
 
 
 def render(document: Document) -> str:
@@ -132,6 +135,9 @@ def render(document: Document) -> str:
     verdict = "within" if document["within_target"] else "ABOVE"
     lines.append(f"assign, median to serving: {document['assign_served_median_ms']} ms "
                  f"({verdict} the {document['target_ms']:g} ms target)")
+    if document.get("agent_rss_kib") is not None:
+        lines.append(f"agent resident memory after the rounds: "
+                     f"{document['agent_rss_kib'] / 1024:.1f} MiB")
     return "\n".join(lines)
 
 
@@ -142,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_repeat(args.repeat)
 
     def measure() -> Document:
-        return report(asyncio.run(measure_async(args.repeat)), args.repeat)
+        samples, rss = asyncio.run(measure_async(args.repeat))
+        return report(samples, args.repeat, rss)
 
     return run_bench("bench_agent", measure, render, args.json)
 
