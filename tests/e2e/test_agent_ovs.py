@@ -183,8 +183,10 @@ async def crash_everything_on(host: RunningOvs, agent: RunningAgent, qemu: Any,
             await wait_until(lambda: converged(host, watcher, "vhu0", qemu_path),
                              CONVERGE_TIMEOUT, f"convergence after {what}", interval=0.1)
         except LabError as error:
+            vswitchd = "\n".join(host.vswitchd_log.read_text().splitlines()[-25:])
             raise AssertionError(f"{error}; last seen: {SEEN}; agent log: "
-                                 f"{watcher.process.log_tail(15)}") from None
+                                 f"{watcher.process.log_tail(15)}; vswitchd log: "
+                                 f"{vswitchd}") from None
         await qmp.wait_for_vhost_started(qemu, CONVERGE_TIMEOUT)
 
     await settle(agent, 0, "the migration")

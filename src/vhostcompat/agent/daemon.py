@@ -53,6 +53,7 @@ from vhostcompat.agent.ports import (
     INTERFACE_STATUS_COLUMNS,
     PORT_COLUMNS,
     PortCopy,
+    PortError,
     PortWriter,
     Tables,
     changed_copy,
@@ -60,6 +61,7 @@ from vhostcompat.agent.ports import (
 )
 from vhostcompat.agent.reconcile import (
     FRONTEND_PATH_KEY,
+    SERVER_PATH_KEY,
     Action,
     InterfaceView,
     Redirect,
@@ -79,7 +81,7 @@ from vhostcompat.hoststore import (
     encode_negotiated,
     record_from_rows,
 )
-from vhostcompat.ovsdb import OvsdbClient, OvsdbError, connect
+from vhostcompat.ovsdb import OvsdbClient, OvsdbCommitError, OvsdbError, connect
 from vhostcompat.profiles import Catalog, CompatProfile
 from vhostcompat.proxy import (
     Endpoint,
@@ -275,6 +277,7 @@ class Agent:
         if self._resynced:
             self._resynced = False
             await self._after_resync()
+        await self._finish_pending()
         self.published = self._published()
         views = [self._view(row) for row in self.tables.table("Interface").values()]
         modes = {view.name: view.mode for view in views}
@@ -294,19 +297,30 @@ class Agent:
 
     async def _after_resync(self) -> None:
         """The database's contents came anew (start, ovsdb-server restart)."""
-        await self._finish_pending()
         for managed in self.proxies.values():
             managed.sink.last = None  # the row may have missed the last status: write again
             await managed.sink.publish(managed.board.status)
 
     async def _finish_pending(self) -> None:
-        """Ports the agent removed and had not yet inserted again (it was killed between)."""
+        """Ports the agent removed and had not inserted again (killed, or the insertion
+        failed): inserted now if the database lacks them. A pending copy is dropped
+        once a row of that name points where the copy does."""
         for name, entry in list(self.journal.entries.items()):
-            if entry.pending is None:
+            pending = entry.pending
+            if pending is None:
                 continue
-            if self.tables.interface(name) is None:
-                event(_log, "port-reinserted", iface=name, reason="pending in the journal")
-                await self.writer.insert(entry.pending)
+            found = self.tables.interface(name)
+            if found is not None:
+                wanted = dict(pending.interface.get("options") or {}).get(SERVER_PATH_KEY)
+                if dict(found[1].get("options") or {}).get(SERVER_PATH_KEY) != wanted:
+                    continue  # not the row we inserted (yet): wait for the monitor
+            else:
+                try:
+                    await self.writer.insert(pending)
+                    event(_log, "port-reinserted", iface=name, reason="pending in the journal")
+                except PortError as error:  # its bridge is gone: nothing to insert it into
+                    event(_log, "error", logging.ERROR, iface=name, reason=str(error),
+                          qemu=entry.frontend_path)
             entry.pending = None
             self.journal.save()
 
@@ -435,7 +449,15 @@ class Agent:
         entry = self.journal.entry(name)
         entry.pending = new
         self.journal.save()
-        await self.writer.remove(name)
+        try:
+            await self.writer.remove(name)
+        except OvsdbCommitError:
+            # Refused (a conflict: the row changed since it was read): nothing was
+            # removed, nothing is pending. Any other failure (the connection lost
+            # mid-commit) may have removed it: the copy stays, as after a crash.
+            entry.pending = None
+            self.journal.save()
+            raise
         await self.writer.insert(new)
         entry.pending = None
         self.journal.save()
