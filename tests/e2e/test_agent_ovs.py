@@ -96,12 +96,23 @@ async def converged(host: RunningOvs, agent: RunningAgent, iface: str,
     external_ids, options, status = (dict(column[1]) for column in row)
     agent_path = str(agent.state_dir / f"{iface}.sock")
     SEEN.update(external_ids=external_ids, options=options, status=status,
-                listeners=listeners(agent_path))
+                listeners=listeners(agent_path), ovs_device=ovs_device_added(host, agent_path))
     return (external_ids.get(FRONTEND_PATH_KEY) == str(qemu_path)
             and options.get("vhost-server-path") == agent_path
             and external_ids.get("vhost-compat-status") == "running"
-            and status.get("status") == "connected"
+            and ovs_device_added(host, agent_path)
             and listeners(agent_path) == 1)  # one proxy listens (OVS's end is in its netns)
+
+
+def ovs_device_added(host: RunningOvs, socket: str) -> bool:
+    """OVS's own log (of the running vswitchd) says its vhost device on ``socket`` is up.
+
+    Not ``Interface status:status``: after a restart of ovs-vswitchd, OVS 3.1 was
+    seen to log the device added and leave that column at ``disconnected``.
+    """
+    text = host.vswitchd_log.read_text(errors="replace")
+    return text.rfind(f"vHost Device '{socket}' has been added") > text.rfind(
+        f"vHost Device '{socket}' has been removed")
 
 
 def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: Path) -> None:
