@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # dpdk only *recommends* the vhost PMD and the ring mempool that testpmd needs:
 # keep recommends on, and name those two so they can never be dropped.
 DEBIAN_PACKAGES=(qemu-system-x86 openvswitch-common openvswitch-switch openvswitch-switch-dpdk
-                 dpdk dpdk-dev librte-net-vhost23 librte-mempool-ring23 iproute2)
+                 dpdk dpdk-dev librte-net-vhost23 librte-mempool-ring23 iproute2
+                 libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
 COMMANDS=(qemu-system-x86_64 ovsdb-server ovsdb-tool ovs-vsctl dpdk-testpmd
-          /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ip)
+          /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ip libvirtd virsh)
 
 missing() {
     local item

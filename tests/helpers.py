@@ -20,15 +20,27 @@ import pytest
 from vhostcompat.cli import main
 
 
-def require_tool(*commands: str) -> None:
-    """Skip (locally) or fail (under CI=true) unless every command is on PATH."""
-    missing = [command for command in commands if shutil.which(command) is None]
-    if not missing:
-        return
-    message = f"missing tool(s): {', '.join(missing)} (scripts/setup.sh installs them as root)"
+def _missing(message: str) -> None:
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_tool(*commands: str) -> None:
+    """Skip (locally) or fail (under CI=true) unless every command is on PATH.
+
+    A command may be a path (QEMU 10's wrapper): it must then be executable.
+    """
+    missing = [command for command in commands if shutil.which(command) is None]
+    if missing:
+        _missing(f"missing tool(s): {', '.join(missing)} (scripts/setup.sh installs them "
+                 "as root)")
+
+
+def require_root() -> None:
+    """Skip (locally) or fail (under CI=true) unless root (tap devices need CAP_NET_ADMIN)."""
+    if os.geteuid() != 0:
+        _missing("not root: tap devices need CAP_NET_ADMIN")
 
 
 class CliResult(NamedTuple):

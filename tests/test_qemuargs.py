@@ -20,6 +20,7 @@ from vhostcompat.qemuargs import (
     FEATURE_PROPERTIES,
     QEMU_EMULATED,
     VHOST_ONLY,
+    QemuTarget,
     pin_frontend,
 )
 
@@ -157,3 +158,47 @@ def test_unpinned_qemu_does_offer_indirect_descriptors() -> None:
     require_tool(QEMU)
     # The control: without the properties, the bit the story is about is offered.
     assert offered_features("virtio-net-pci") & INDIRECT
+
+
+# --- against a given QEMU binary and machine type ---------------------------
+
+def target(version: str, machine: str, defaults: dict[str, bool]) -> QemuTarget:
+    return QemuTarget(f"qemu-{version}", version, machine, defaults)
+
+
+USO_PROPERTIES = ("host_uso", "guest_uso4", "guest_uso6")
+NO_USO = CompatProfile("common", parse_virtio("VIRTIO_F_VERSION_1,VIRTIO_NET_F_CSUM"),
+                       machine_types=frozenset({"pc-q35-7.2"}))
+
+
+def test_qemu_10_on_its_own_machine_switches_uso_off() -> None:
+    pinning = pin_frontend(NO_USO, target("10.0.2", "pc-q35-10.0",
+                                          dict.fromkeys(USO_PROPERTIES, True)))
+    assert {name: value for name, value in pinning.properties} == dict.fromkeys(
+        USO_PROPERTIES, "off")
+    assert pinning.machine == "pc-q35-10.0"
+    assert not pinning.satisfiable, "pc-q35-10.0 is not among the profile's machine types"
+
+
+def test_qemu_10_on_pc_q35_7_2_has_uso_off_already() -> None:
+    pinning = pin_frontend(NO_USO, target("10.0.2", "pc-q35-7.2",
+                                          dict.fromkeys(USO_PROPERTIES, False)))
+    assert pinning.properties == ()
+    assert pinning.satisfiable
+    assert any("off by default in QEMU 10.0.2 on pc-q35-7.2" in note and "HOST_USO" in note
+               for note in pinning.notes)
+    assert pinning.notes[-1].startswith("run -machine pc-q35-7.2")
+
+
+def test_a_qemu_without_uso_properties_never_offers_uso() -> None:
+    pinning = pin_frontend(NO_USO, target("7.2.22", "pc-q35-7.2", {"csum": True}))
+    assert pinning.properties == ()
+    assert any(note.startswith("QEMU 7.2.22 has no such property and never offers")
+               and "VIRTIO_NET_F_HOST_USO (host_uso)" in note for note in pinning.notes)
+
+
+def test_without_a_binary_the_profiles_machine_types_are_named() -> None:
+    pinning = pin_frontend(NO_USO)
+    assert pinning.machine is None
+    assert any(note.startswith("the profile allows machine types up to pc-q35-7.2")
+               for note in pinning.notes)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import os
 import shutil
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,8 +39,11 @@ from vhostcompat.hoststore import open_host
 from vhostcompat.lab.commands import run_agent
 from vhostcompat.lab.ovs import OvsConfig, run_ovs_pair
 from vhostcompat.lab.ovs import missing_tools as missing_ovs_tools
+from vhostcompat.lab.qemu import RunningQemu, qemu10_binary
 from vhostcompat.lab.story import MigrationRun, OvsMigrationRun, ovs_migration, play_migration
+from vhostcompat.lab.uso import TapMigrationRun, TapSide, play_tap_migration
 from vhostcompat.profiles import NegotiatedState, load_default_catalog
+from vhostcompat.tap import TUN_PATH
 
 V27 = "upstream.ovs-dpdk.v2.7"
 V26 = "upstream.ovs-dpdk.v2.6"
@@ -378,6 +383,151 @@ def _tell_ovs_run(stage: Stage, run: OvsMigrationRun) -> None:
         f"    migration ovs-a -> ovs-b: {outcome}\n\n")
 
 
+USO_BITS = (VirtioFeature.VIRTIO_NET_F_GUEST_USO4 | VirtioFeature.VIRTIO_NET_F_GUEST_USO6
+            | VirtioFeature.VIRTIO_NET_F_HOST_USO)
+USO_ON = {"host_uso": "on", "guest_uso4": "on", "guest_uso6": "on"}
+USO_COMMON = "uso.tap-common"
+QEMU72 = "qemu-system-x86_64"
+
+
+def _uso_missing() -> list[str]:
+    """Why the USO act cannot play here (empty when it can)."""
+    missing = [f"{tool} (not on the PATH)" for tool in (QEMU72, "ip")
+               if shutil.which(tool) is None]
+    if shutil.which(qemu10_binary()) is None:
+        missing.append(f"QEMU 10.0 ({qemu10_binary()}: not found; scripts/qemu10.sh unpacks "
+                       "it, or set VHOSTCOMPAT_QEMU10)")
+    if os.geteuid() != 0:
+        missing.append("root (tap devices need CAP_NET_ADMIN)")
+    if not TUN_PATH.exists():
+        missing.append(f"{TUN_PATH} (no tun/tap in this kernel)")
+    return missing
+
+
+def act_uso_story(stage: Stage) -> None:
+    missing = _uso_missing()
+    if missing:
+        stage.out.write("  Skipped: this act needs " + "; ".join(missing) + "\n\n")
+        stage.say("""
+            This act plays the USO migration failure of 2024-2026 with QEMU 10.0 and
+            QEMU 7.2 on tap devices. scripts/setup.sh installs both when run as root.
+            """)
+        return
+    qemu10 = qemu10_binary()
+    stage.say(f"""
+        Beyond vhost-user: the most reported virtio-net migration failures of the last
+        two years (KubeVirt 16386, IONOS, Proxmox) are guests on a tap that acked UDP
+        segmentation offload (USO, bits 54-56), offered by a QEMU 8.2+ on a Linux 6.2+
+        source, moved to a host whose QEMU or kernel lacks it. Here uso-a runs QEMU
+        10.0 ({qemu10}), uso-b QEMU 7.2, each VM on its own tap. Each host probes
+        what it really offers and publishes it as its own profile.
+        """)
+    captured = {"uso-a": (qemu10, "uso.qemu-10.0"), "uso-b": (QEMU72, "uso.qemu-7.2")}
+    for host, (binary, version) in captured.items():
+        status, output = stage.vhostcompat("probe", "--tap", "--qemu", binary,
+                                           "--as-profile", version)
+        stage.expect(status == 0, f"probing {host} failed")
+        (stage.workdir / f"{host}.toml").write_text(output)
+        status, _ = stage.vhostcompat("publish", "--db", host, "--catalog", f"{host}.toml")
+        stage.expect(status == 0, f"publishing {host} failed")
+    status, _ = stage.vhostcompat("select", "uso-a", "uso-b")
+    stage.expect(status == 1, "the two captured profiles should have nothing in common")
+    stage.say("""
+        Neither host's offer satisfies the other's (USO; machine types), so the
+        manager computes their common ground, as virsh hypervisor-cpu-baseline does
+        for CPUs, and uso-a publishes it beside its own. uso-b satisfies it by content.
+        """)
+    status, output = stage.vhostcompat("baseline", "uso-a", "uso-b", "--name", USO_COMMON)
+    stage.expect(status == 0 and "newest common machine type: pc-q35-7.2" in output,
+                 "the baseline should name pc-q35-7.2")
+    (stage.workdir / "uso-common.toml").write_text(output)
+    stage.vhostcompat("publish", "--db", "uso-a", "--catalog", "uso-a.toml",
+                      "--catalog", "uso-common.toml")
+    status, output = stage.vhostcompat("select", "uso-a", "uso-b")
+    stage.expect(status == 0 and output.split() == [USO_COMMON, "machine", "type:",
+                                                     "pc-q35-7.2"],
+                 f"select should be {USO_COMMON} on machine type pc-q35-7.2")
+    stage.vhostcompat("provision", "uso-a", "uso-b", "--iface", "tap-vm4")
+    stage.vhostcompat("assign", "--db", "uso-a", "--iface", "tap-vm5",
+                      "--version", "uso.qemu-10.0")
+    status, output = stage.vhostcompat("qemu-args", "--catalog", "uso-common.toml",
+                                       "--profile", USO_COMMON, "--qemu", qemu10, "--json")
+    pinning = json.loads(output) if status == 0 else {"machine": None, "properties": {}}
+    stage.expect(pinning["machine"] == "pc-q35-7.2", "qemu-args should run pc-q35-7.2")
+    try:
+        runs = _play_uso_runs(stage, qemu10, str(pinning["machine"]),
+                              {str(key): str(value)
+                               for key, value in pinning["properties"].items()})
+    except VhostCompatError as error:
+        stage.expect(False, f"the USO story could not be played: {error}")
+        return
+    _tell_uso(stage, *runs)
+
+
+def _play_uso_runs(stage: Stage, qemu10: str, machine: str, pinned: dict[str, str],
+                   ) -> tuple[TapMigrationRun, TapMigrationRun, TapMigrationRun]:
+    destination = TapSide(QEMU72, "pc-q35-7.2")
+
+    def record_and_check(iface: str) -> Callable[[RunningQemu], Awaitable[None]]:
+        async def before(source: RunningQemu) -> None:
+            for argv in (("record", "--qmp", str(source.paths.management_qmp), "--db",
+                          stage.host("uso-a"), "--iface", iface),
+                         ("check-migration", "--iface", iface, "--from", "uso-a",
+                          "--to", "uso-b")):
+                await asyncio.to_thread(stage.vhostcompat, *argv)
+        return before
+
+    run_dir = Path(tempfile.mkdtemp(prefix="vc-demo-uso-", dir="/tmp"))
+    try:
+        for name in ("machine", "uso", "pinned"):
+            (run_dir / name).mkdir()
+        stage.out.write("  (vm6 on uso-a: QEMU 10 on its own q35, migrated to uso-b as is)\n\n")
+        by_machine = asyncio.run(play_tap_migration(
+            run_dir / "machine", TapSide(qemu10, "q35"), destination))
+        stage.out.write("  (vm5 on uso-a: QEMU 10 on machine pc-q35-7.2 with USO on, as on "
+                        "its own q35; its agent records what the guest acked)\n\n")
+        by_uso = asyncio.run(play_tap_migration(
+            run_dir / "uso", TapSide(qemu10, "pc-q35-7.2", USO_ON), destination,
+            before_migration=record_and_check("tap-vm5")))
+        properties = ",".join(f"{key}={value}" for key, value in pinned.items())
+        stage.out.write(f"  (vm4 on uso-a: QEMU 10 pinned by qemu-args: -machine {machine}, "
+                        f"{properties or 'no device property needed on that machine type'})"
+                        "\n\n")
+        pinned_run = asyncio.run(play_tap_migration(
+            run_dir / "pinned", TapSide(qemu10, machine, pinned), destination,
+            before_migration=record_and_check("tap-vm4")))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return by_machine, by_uso, pinned_run
+
+
+def _tell_uso(stage: Stage, by_machine: TapMigrationRun, by_uso: TapMigrationRun,
+              pinned: TapMigrationRun) -> None:
+    took = ", ".join(names(by_uso.acked & USO_BITS, VirtioFeature)) or "no USO"
+    landed = "-" if pinned.destination_features is None else \
+        _features(pinned.destination_features)
+    stage.out.write(
+        "  QEMU 10 on its own q35 (pc-q35-10.0) -> QEMU 7.2:\n"
+        f"    migration: {by_machine.status}; uso-b's QEMU: {by_machine.destination_error}\n"
+        "  QEMU 10 on pc-q35-7.2 with USO on -> QEMU 7.2 (the IONOS report):\n"
+        f"    the guest acked {_features(by_uso.acked)}, including {took}\n"
+        f"    migration: {by_uso.status}; uso-b's QEMU: {by_uso.destination_error}\n"
+        f"  QEMU 10 pinned from {USO_COMMON} -> QEMU 7.2:\n"
+        f"    the guest acked {_features(pinned.acked)} (no USO offered)\n"
+        f"    migration: {pinned.status}, downtime {pinned.downtime_ms} ms; on uso-b: guest "
+        f"features {landed}, device {pinned.destination_device!r}, VM "
+        f"{pinned.destination_run_state}, TX ring kicked and served: {pinned.transmitted}\n\n")
+    stage.expect(by_machine.status == "failed" and "Machine type received is 'pc-q35-10.0'"
+                 in (by_machine.destination_error or ""),
+                 "QEMU 7.2 should refuse the pc-q35-10.0 machine type")
+    stage.expect(by_uso.acked & USO_BITS == USO_BITS, "the guest should take USO")
+    stage.expect(by_uso.status == "failed" and (by_uso.destination_error or "").startswith(
+        f"Features {int(by_uso.acked):#x} unsupported"), "QEMU 7.2 should refuse USO")
+    stage.expect(pinned.status == "completed" and pinned.transmitted
+                 and pinned.destination_features == pinned.acked,
+                 "the pinned migration should complete with the guest running")
+
+
 async def _record(address: str, interface: str, state: NegotiatedState) -> None:
     async with open_host(address) as store:
         await store.record_negotiated(interface, state)
@@ -392,6 +542,7 @@ ACTS: list[Act] = [
     Act("Pinning the frontend from the same profile", act_frontend),
     Act("The story for real: QEMU, DPDK testpmd and the enforcement proxy", act_real_story),
     Act("On real OVS-DPDK: verified publishing and the host agents", act_ovs_story),
+    Act("Tap backends and two QEMU generations: the USO failures of 2024-2026", act_uso_story),
 ]
 
 

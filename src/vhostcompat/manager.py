@@ -27,8 +27,11 @@ from vhostcompat.profiles import (
     Selection,
     Verdict,
     check_destination,
+    profile_to_mapping,
     select_version,
 )
+from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
+from vhostcompat.profiles.catalog import catalog_entry_text
 from vhostcompat.verify import Verification, verify
 
 JsonObject = dict[str, object]
@@ -116,26 +119,84 @@ async def assign(address: str, interface: str, version: str) -> None:
 class SelectionReport:
     hosts: tuple[str, ...]
     selection: Selection
+    machine_type: str | None = None
+    """The newest q35 machine type of the selected version (every host has it: each
+    publishes or satisfies the version, machine types included); None when the
+    version names no machine types."""
 
     def to_json(self) -> JsonObject:
         selection = self.selection
         return {"version": selection.version, "pinned": selection.pinned,
                 "hosts": list(self.hosts), "candidates": list(selection.candidates),
                 "lacking": {host: list(missing) for host, missing in selection.lacking},
-                "reasons": list(selection.reasons)}
+                "reasons": list(selection.reasons), "machine_type": self.machine_type}
 
     def lines(self) -> list[str]:
         if self.selection.version is not None:
-            return [self.selection.version]
+            return [self.selection.version, *([f"machine type: {self.machine_type}"]
+                                              if self.machine_type else [])]
         return [("pinned version refused" if self.selection.pinned else "no common version"),
                 *(f"  {reason}" for reason in self.selection.reasons)]
 
 
+def published_profiles(host: HostRecord) -> list[CompatProfile]:
+    """A host's published profiles, in its preference order."""
+    return [profile for version in host.versions
+            if (profile := host.profile(version)) is not None]
+
+
 async def select(addresses: Sequence[str], prefer: str | None = None) -> SelectionReport:
-    """The first version every host publishes (or the pinned one, if all do)."""
+    """The first version every host publishes or satisfies by content (or the pinned one)."""
     hosts = await read_hosts(addresses)
-    selection = select_version({host.address: host.versions for host in hosts}, prefer)
-    return SelectionReport(tuple(addresses), selection)
+    selection = select_version({host.address: host.versions for host in hosts}, prefer,
+                               profiles={host.address: published_profiles(host)
+                                         for host in hosts})
+    machine_type = None
+    if selection.version is not None:
+        content = next((profile for host in hosts
+                        if (profile := host.profile(selection.version)) is not None), None)
+        if content is not None and content.machine_types is not None:
+            machine_type = newest_machine_type(content.machine_types)
+    return SelectionReport(tuple(addresses), selection, machine_type)
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    """The common profile of several hosts' first published offers."""
+
+    hosts: tuple[str, ...]
+    offers: tuple[str, ...]
+    baseline: Baseline
+
+    def to_json(self) -> JsonObject:
+        return {"hosts": list(self.hosts), "offers": list(self.offers),
+                "profile": profile_to_mapping(self.baseline.profile),
+                "machine_type": self.baseline.machine_type,
+                "notes": list(self.baseline.notes)}
+
+    def lines(self) -> list[str]:
+        comments = [f"baseline of {host} ({offer})"
+                    for host, offer in zip(self.hosts, self.offers, strict=True)]
+        if self.baseline.machine_type is not None:
+            comments.append(f"newest common machine type: {self.baseline.machine_type}")
+        comments.extend(self.baseline.notes)
+        return catalog_entry_text(self.baseline.profile, comments).splitlines()
+
+
+async def baseline(addresses: Sequence[str], version: str,
+                   description: str = "") -> BaselineReport:
+    """The intersection of the hosts' offers (each host's first published profile)."""
+    hosts = await read_hosts(addresses)
+    offers: list[tuple[str, CompatProfile]] = []
+    for host in hosts:
+        profiles = published_profiles(host)
+        if not profiles:
+            raise NotPublishedError(host.address, "publishes no profile contents to "
+                                    "compute a baseline from")
+        offers.append((host.address, profiles[0]))
+    common = baseline_profile(version, offers, description)
+    return BaselineReport(tuple(addresses), tuple(profile.version for _h, profile in offers),
+                          common)
 
 
 @dataclass(frozen=True)
@@ -158,12 +219,30 @@ class ProvisionReport:
 
 async def provision(addresses: Sequence[str], interface: str,
                     prefer: str | None = None) -> ProvisionReport:
-    """Select for every host the VM may run on, then assign on each of them."""
+    """Select for every host the VM may run on, then assign on each of them.
+
+    A host that supports the version by content only (it does not publish
+    it) publishes it first, after its own versions, so that it can be assigned.
+    """
+    hosts = await read_hosts(addresses)
     report = await select(addresses, prefer)
     version = report.selection.version
     if version is not None:
+        content = next(profile for host in hosts
+                       if (profile := host.profile(version)) is not None)
+        await asyncio.gather(*(_publish_also(host, content) for host in hosts
+                               if version not in host.versions))
         await asyncio.gather(*(assign(address, interface, version) for address in addresses))
     return ProvisionReport(interface, report)
+
+
+async def _publish_also(host: HostRecord, profile: CompatProfile) -> None:
+    unknown = [version for version in host.versions if host.profile(version) is None]
+    if unknown:
+        raise NotPublishedError(host.address, f"cannot add {profile.version} to its "
+                                f"versions: no contents published for {', '.join(unknown)}")
+    async with open_host(host.address) as store:
+        await store.publish([*published_profiles(host), profile])
 
 
 # --- migration checks ---------------------------------------------------------

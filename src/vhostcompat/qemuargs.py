@@ -9,7 +9,13 @@ properties to append to an existing ``-device virtio-net-pci,...``, plus notes
 on everything QEMU has no property for.
 
 The table below is QEMU 7.2's (Debian 12), checked against the installed
-binary's ``-device virtio-net-pci,help`` by tests/test_qemuargs.py.
+binary's ``-device virtio-net-pci,help`` by tests/test_qemuargs.py; newer
+QEMUs add properties (:data:`NEWER_PROPERTIES`: USO in 8.2, ...). Given a
+:class:`QemuTarget` (:func:`qemu_target`: a real binary and machine type,
+asked), only the properties that binary has are used, with the defaults its
+machine type sets (QEMU 10.0 turns USO off on ``pc-q35-7.2``), and the
+pinning names the machine type to run: the newest the profile allows and the
+binary has.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vhostcompat.features import VirtioFeature, names
+from vhostcompat.profiles.baseline import newest_machine_type
 from vhostcompat.profiles.model import CompatProfile
+from vhostcompat.qemuinfo import QemuBinaryError, binary_facts, device_facts
 
 DEVICE = "virtio-net-pci"
 
@@ -58,6 +66,17 @@ FEATURE_PROPERTIES: Mapping[str, tuple[VirtioFeature, bool]] = {
     "failover": (VirtioFeature.VIRTIO_NET_F_STANDBY, False),
 }
 
+# Properties newer QEMUs have (7.2 has none of them; defaults as in QEMU 10.0's
+# own q35, before any machine-type compat). Only used with a QemuTarget.
+NEWER_PROPERTIES: Mapping[str, tuple[VirtioFeature, bool]] = {
+    "guest_uso4": (VirtioFeature.VIRTIO_NET_F_GUEST_USO4, True),
+    "guest_uso6": (VirtioFeature.VIRTIO_NET_F_GUEST_USO6, True),
+    "host_uso": (VirtioFeature.VIRTIO_NET_F_HOST_USO, True),
+    "in_order": (VirtioFeature.VIRTIO_F_IN_ORDER, False),
+}
+ALL_PROPERTIES: Mapping[str, tuple[VirtioFeature, bool]] = {**FEATURE_PROPERTIES,
+                                                            **NEWER_PROPERTIES}
+
 # Bits QEMU 7.2 offers whatever the properties say, although the backend
 # controls them: no device property keeps the guest from seeing them.
 ALWAYS_OFFERED: Mapping[VirtioFeature, str] = {
@@ -92,6 +111,19 @@ QUEUE_SIZE_DEFAULT = 256
 
 
 @dataclass(frozen=True)
+class QemuTarget:
+    """One real QEMU binary on one machine type: its properties and their defaults."""
+
+    binary: str
+    version: str
+    machine: str
+    """The versioned machine type to run."""
+    defaults: Mapping[str, bool]
+    """Every boolean virtio-net-pci property the binary has, as that machine sets it."""
+    machine_reason: str = ""
+
+
+@dataclass(frozen=True)
 class FrontendPinning:
     """Device properties that keep QEMU within a profile, and what they cannot do."""
 
@@ -100,6 +132,8 @@ class FrontendPinning:
     notes: tuple[str, ...]
     unpinnable: VirtioFeature
     satisfiable: bool
+    machine: str | None = None
+    qemu: str | None = None
 
     def argument(self) -> str:
         """``virtio-net-pci,prop=val,...``: to merge into an existing -device."""
@@ -109,21 +143,43 @@ class FrontendPinning:
         return {"profile": self.version, "device": DEVICE, "argument": self.argument(),
                 "properties": dict(self.properties), "notes": list(self.notes),
                 "unpinnable": names(self.unpinnable, VirtioFeature),
-                "satisfiable": self.satisfiable}
+                "satisfiable": self.satisfiable, "machine": self.machine,
+                "qemu": self.qemu}
 
 
 def _largest_power_of_two(limit: int) -> int:
     return 1 << (limit.bit_length() - 1)
 
 
-def pin_frontend(profile: CompatProfile) -> FrontendPinning:
-    """The ``virtio-net-pci`` properties that never offer what ``profile`` lacks."""
+def _property_table(target: QemuTarget | None) -> dict[str, tuple[VirtioFeature, bool]]:
+    """Property -> (bit, default): QEMU 7.2's table, or what the target really has."""
+    if target is None:
+        return dict(FEATURE_PROPERTIES)
+    return {prop: (bit, target.defaults[prop]) for prop, (bit, _default) in
+            ALL_PROPERTIES.items() if prop in target.defaults}
+
+
+def pin_frontend(profile: CompatProfile, target: QemuTarget | None = None) -> FrontendPinning:
+    """The ``virtio-net-pci`` properties that never offer what ``profile`` lacks.
+
+    Without ``target``: QEMU 7.2's table. With it: that binary's properties and
+    its machine type's defaults, and the machine type to run.
+    """
     allowed = profile.virtio_features
     properties: list[tuple[str, str]] = []
     notes: list[str] = []
     default_off: list[str] = []
     emulated: list[str] = []
-    for prop, (bit, default) in FEATURE_PROPERTIES.items():
+    table = _property_table(target)
+    where = "QEMU 7.2" if target is None else f"QEMU {target.version} on {target.machine}"
+    if target is not None:
+        absent = [f"{names(bit, VirtioFeature)[0]} ({prop})"
+                  for prop, (bit, _default) in ALL_PROPERTIES.items()
+                  if prop not in table and not bit & allowed]
+        if absent:
+            notes.append(f"QEMU {target.version} has no such property and never offers: "
+                         + ", ".join(absent))
+    for prop, (bit, default) in table.items():
         if bit & QEMU_EMULATED and not bit & allowed:
             if default:
                 emulated.append(f"{names(bit, VirtioFeature)[0]} ({prop})")
@@ -146,7 +202,7 @@ def pin_frontend(profile: CompatProfile) -> FrontendPinning:
         notes.append("emulated by QEMU, the backend never sees them, left as they are: "
                      + ", ".join(emulated))
     if default_off:
-        notes.append("off by default in QEMU 7.2, nothing needed: " + ", ".join(default_off))
+        notes.append(f"off by default in {where}, nothing needed: " + ", ".join(default_off))
     unpinnable = VirtioFeature(0)
     for bit, why in ALWAYS_OFFERED.items():
         if not bit & allowed:
@@ -159,8 +215,44 @@ def pin_frontend(profile: CompatProfile) -> FrontendPinning:
     satisfiable = _queue_properties(profile, properties, notes)
     notes.append("protocol features have no device property: the backend (or the "
                  "enforcement proxy) limits them")
+    if target is None and profile.machine_types is not None:
+        newest = newest_machine_type(profile.machine_types)
+        notes.append(f"the profile allows machine types up to {newest or 'none of q35'}: "
+                     "give --qemu BINARY to check the binary has it and pin its defaults")
+    if target is not None:
+        if profile.machine_types is not None and target.machine not in profile.machine_types:
+            satisfiable = False
+            notes.append(f"machine type {target.machine} is not among the profile's: a "
+                         "destination may refuse to load the VM")
+        notes.append(f"run -machine {target.machine}" + (f" ({target.machine_reason})"
+                                                        if target.machine_reason else ""))
     return FrontendPinning(profile.version, tuple(properties), tuple(notes), unpinnable,
-                           satisfiable)
+                           satisfiable, None if target is None else target.machine,
+                           None if target is None else target.binary)
+
+
+async def qemu_target(binary: str, profile: CompatProfile,
+                      machine: str | None = None) -> QemuTarget:
+    """Ask ``binary`` its properties and, on the machine type to run, their defaults.
+
+    The machine type: ``machine`` if given, else the newest q35 type both the
+    profile (``machine_types``) and the binary have, else the binary's ``q35``.
+    """
+    facts = await binary_facts(binary)
+    reason = "as asked"
+    if machine is None:
+        have = facts.machines.versioned
+        if profile.machine_types is not None:
+            machine = newest_machine_type(have & profile.machine_types)
+            if machine is None:
+                raise QemuBinaryError(binary, f"has none of profile {profile.version}'s "
+                                      "q35 machine types")
+            reason = f"the newest q35 machine type {profile.version} allows and QEMU has"
+        else:
+            machine = facts.resolve_machine("q35")
+            reason = f"the profile names no machine types: QEMU {facts.version}'s q35"
+    device = await device_facts(facts, machine)
+    return QemuTarget(binary, facts.version, device.machine, device.property_values, reason)
 
 
 def _queue_properties(profile: CompatProfile, properties: list[tuple[str, str]],

@@ -31,14 +31,29 @@ def test_pinned_version_missing_on_a_host_exits_1(cli: Cli, two_hosts: tuple[str
 
 
 def test_no_common_version_says_what_each_host_lacks(cli: Cli, tmp_path: Path) -> None:
+    # v2.7 lacks fc26's MTU, fc26 lacks v2.7's indirect descriptors: no common
+    # ground, by version or by content.
     host_a, host_b = str(tmp_path / "a"), str(tmp_path / "b")
     cli("publish", "--db", host_a, "--only", V27)
-    cli("publish", "--db", host_b, "--only", V26)
+    cli("publish", "--db", host_b, "--only", FC26)
     result = cli("select", host_a, host_b)
     assert result.status == 1
     assert result.stdout.splitlines()[0] == "no common version"
-    assert f"{host_a} lacks: {V26}" in result.stdout
+    assert f"{host_a} lacks: {FC26}" in result.stdout
     assert f"{host_b} lacks: {V27}" in result.stdout
+
+
+def test_a_host_satisfying_a_version_by_content_counts(cli: Cli, tmp_path: Path) -> None:
+    # Each host publishes only its own profile; v2.7 is a superset of v2.6.
+    host_a, host_b = str(tmp_path / "a"), str(tmp_path / "b")
+    cli("publish", "--db", host_a, "--only", V27)
+    cli("publish", "--db", host_b, "--only", V26)
+    document = json.loads(cli("select", "--json", host_a, host_b).stdout)
+    assert document["version"] == V26
+    assert f"{host_a} satisfies {V26} by content (its {V27})" in document["reasons"]
+    # Provisioning publishes the selected version where it was met by content.
+    assert cli("provision", host_a, host_b, "--iface", "vhu0").status == 0
+    assert cli("versions", host_a).stdout.strip() == f"{host_a}: {V27}, {V26}"
 
 
 def test_v27_interface_to_the_v26_host_is_refused(cli: Cli, two_hosts: tuple[str, str]) -> None:

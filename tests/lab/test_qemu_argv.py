@@ -112,3 +112,36 @@ def test_paths_live_in_the_run_directory() -> None:
 def test_bad_configurations_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InputError):
         QemuVm(Path("/tmp/r/v.sock"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_tap_vm_on_another_binary_and_machine_type() -> None:
+    vm = QemuVm(None, tap="vct1x0", binary="/opt/qemu-10/qemu", machine="pc-q35-7.2",
+                device_properties={"host_uso": "off"})
+    argv = qemu_argv(vm, QemuPaths.in_directory(Path("/tmp/r"), "a"))
+    assert argv[0] == "/opt/qemu-10/qemu"
+    assert option(argv, "-machine") == ["pc-q35-7.2,memory-backend=mem"]
+    assert option(argv, "-netdev") == [
+        "tap,id=n0,ifname=vct1x0,script=no,downscript=no,vhost=off"]
+    assert option(argv, "-chardev") == []
+    assert option(argv, "-qmp") == ["unix:/tmp/r/a.qmp,server=on,wait=off",
+                                    "unix:/tmp/r/a-mgmt.qmp,server=on,wait=off"]
+    assert properties(argv)["netdev"] == "n0"
+    assert properties(argv)["host_uso"] == "off"
+
+
+def test_a_vm_without_a_backend_has_a_device_without_netdev() -> None:
+    argv = qemu_argv(QemuVm(None), PATHS)
+    assert option(argv, "-netdev") == []
+    assert "netdev" not in properties(argv)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"socket_path": Path("/tmp/r/v.sock"), "tap": "vct0"},
+    {"socket_path": None, "tap": "a-name-longer-than-15"},
+    {"socket_path": None, "tap": "bad/name"},
+    {"socket_path": None, "tap": "vct0", "queues": 2},
+    {"socket_path": None, "machine": "q35,accel=kvm"},
+])
+def test_tap_and_machine_values_are_checked(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InputError):
+        QemuVm(**kwargs)  # type: ignore[arg-type]

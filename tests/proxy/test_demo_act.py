@@ -8,11 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from vhostcompat.demo import ACTS, Act, act_ovs_story, act_real_story, run_demo
+from vhostcompat.demo import ACTS, Act, act_ovs_story, act_real_story, act_uso_story, run_demo
 
 
-def test_the_real_acts_come_last_testpmd_then_ovs_dpdk() -> None:
-    assert [act.play for act in ACTS[-2:]] == [act_real_story, act_ovs_story]
+def test_the_real_acts_are_the_last_ones() -> None:
+    assert [act.play for act in ACTS[-3:]] == [act_real_story, act_ovs_story, act_uso_story]
+
+
+def test_without_qemu_10_the_uso_act_says_what_it_skipped_and_why(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VHOSTCOMPAT_QEMU10", str(tmp_path / "no-qemu-10"))
+    out = io.StringIO()
+    status = run_demo([Act("USO", act_uso_story)], out=out, workdir=tmp_path / "w")
+    text = out.getvalue()
+    assert status == 0, text
+    assert f"QEMU 10.0 ({tmp_path / 'no-qemu-10'}: not found;" in text
+    assert "Skipped: this act needs" in text
+    assert not (tmp_path / "w" / "uso-a").exists()  # nothing was played
 
 
 @pytest.mark.parametrize("absent", [("dpdk-testpmd",), ("qemu-system-x86_64", "dpdk-testpmd")])

@@ -8,7 +8,10 @@ SIGTERM (exit 0, socket removed). Once it listens it prints
 
 ``vhostcompat probe SOCKET [--json] [--timeout S] [--set-owner]`` connects as
 a frontend and reports what the backend offers and whether QEMU could
-migrate a VM on it.
+migrate a VM on it. ``vhostcompat probe --tap [--qemu BINARY] [--machine TYPE]
+[--as-profile NAME]`` reports what this host offers a guest on a tap netdev
+(kernel offloads, vhost-net, QEMU's offer on that machine type); with
+``--as-profile`` it prints that offer as a catalog entry.
 """
 
 from __future__ import annotations
@@ -17,15 +20,35 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 from vhostcompat.backend import BackendConfig, serve_backend
-from vhostcompat.cli.common import EXIT_OK, Subparsers, add_command, catalog_from, emit_report, run
+from vhostcompat.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    catalog_from,
+    emit_json,
+    emit_report,
+    run,
+)
 from vhostcompat.errors import InputError
 from vhostcompat.features import parse_protocol, parse_virtio
 from vhostcompat.probe import DEFAULT_TIMEOUT, probe
+from vhostcompat.profiles.catalog import catalog_entry_text
+from vhostcompat.profiles.model import VERSION_PATTERN, profile_to_mapping
+from vhostcompat.tap import TUN_PATH
+from vhostcompat.tapprobe import DEFAULT_MACHINE, probe_tap
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+QEMU_ENV = "VHOSTCOMPAT_QEMU"
+QEMU_DEFAULT = "qemu-system-x86_64"
+
+
+def default_qemu() -> str:
+    """The QEMU binary commands use unless told: $VHOSTCOMPAT_QEMU, else QEMU on PATH."""
+    return os.environ.get(QEMU_ENV) or QEMU_DEFAULT
 
 
 def config_from(args: argparse.Namespace) -> BackendConfig:
@@ -82,7 +105,33 @@ def backend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tap_probe(args: argparse.Namespace) -> int:
+    if args.socket is not None or args.set_owner:
+        raise InputError("--tap probes the tap backend: no SOCKET, no --set-owner")
+    if args.as_profile is not None and not VERSION_PATTERN.fullmatch(args.as_profile):
+        raise InputError(f"--as-profile: invalid version string {args.as_profile!r}")
+    result = run(probe_tap(args.qemu or default_qemu(), args.machine or DEFAULT_MACHINE,
+                           tun_path=args.tun))
+    if args.as_profile is not None:
+        profile = result.as_profile(args.as_profile)
+        if args.json:
+            emit_json(profile_to_mapping(profile))
+        else:
+            sys.stdout.write(catalog_entry_text(profile, result.comments()))
+        return EXIT_OK
+    emit_report(args, result)
+    return EXIT_OK
+
+
 def probe_command(args: argparse.Namespace) -> int:
+    if args.tap:
+        return _tap_probe(args)
+    tap_only = [name for name, value in (("--qemu", args.qemu), ("--machine", args.machine),
+                                          ("--as-profile", args.as_profile)) if value]
+    if tap_only:
+        raise InputError(f"{', '.join(tap_only)} only go with --tap")
+    if args.socket is None:
+        raise InputError("give a vhost-user SOCKET to probe, or --tap")
     if not args.timeout > 0:
         raise InputError(f"--timeout must be positive, not {args.timeout}")
     result = run(probe(args.socket, timeout=args.timeout, set_owner=args.set_owner))
@@ -126,11 +175,27 @@ def register(subparsers: Subparsers) -> None:
 
     parser = add_command(
         subparsers, "probe", probe_command,
-        summary="ask a vhost-user backend what it offers",
+        summary="ask a vhost-user backend (or this host's tap backend) what it offers",
         description="Connect to a vhost-user backend as a frontend and report its features, "
                     "protocol features, queue pairs and whether QEMU could migrate a VM on "
-                    "it. The backend is left unconfigured (SET_OWNER only with --set-owner).")
-    parser.add_argument("socket", metavar="SOCKET", help="the backend's Unix socket")
+                    "it. The backend is left unconfigured (SET_OWNER only with --set-owner). "
+                    "With --tap: the tap offloads the kernel accepts, /dev/vhost-net, and "
+                    "the virtio-net features a QEMU binary and machine type offer a guest "
+                    "on a tap netdev (QEMU started paused; needs root).")
+    parser.add_argument("socket", metavar="SOCKET", nargs="?",
+                        help="the backend's Unix socket")
+    parser.add_argument("--tap", action="store_true",
+                        help="probe the kernel's tap backend and QEMU's offer on it")
+    parser.add_argument("--qemu", metavar="BINARY",
+                        help=f"with --tap: the QEMU binary (default ${QEMU_ENV} or "
+                             f"{QEMU_DEFAULT})")
+    parser.add_argument("--machine", metavar="TYPE",
+                        help=f"with --tap: the machine type (default {DEFAULT_MACHINE}, the "
+                             "binary's newest q35)")
+    parser.add_argument("--as-profile", metavar="NAME",
+                        help="with --tap: print the offer as a catalog entry of version NAME")
+    parser.add_argument("--tun", type=Path, default=TUN_PATH, metavar="PATH",
+                        help=f"with --tap: the tun/tap control device (default {TUN_PATH})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"give up after this long (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--set-owner", action="store_true",

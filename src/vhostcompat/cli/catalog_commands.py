@@ -1,4 +1,5 @@
-"""Catalog subcommands: ``profiles``, ``profile show``, ``profile diff``, ``qemu-args``."""
+"""Catalog subcommands: ``profiles``, ``profile show``, ``profile diff``, ``qemu-args``,
+``libvirt-xml``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from vhostcompat.cli.common import (
     emit_json,
     emit_lines,
     format_table,
+    run,
 )
+from vhostcompat.errors import InputError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
+from vhostcompat.libvirtxml import libvirt_pinning
 from vhostcompat.profiles import (
     CatalogEntry,
     describe_value,
@@ -23,7 +27,7 @@ from vhostcompat.profiles import (
     feature_labels,
     profile_to_mapping,
 )
-from vhostcompat.qemuargs import pin_frontend
+from vhostcompat.qemuargs import FrontendPinning, pin_frontend, qemu_target
 
 
 def _limit(value: int | None) -> str:
@@ -98,8 +102,28 @@ def diff(args: argparse.Namespace) -> int:
     return EXIT_NO if differences else EXIT_OK
 
 
+def _pinning(args: argparse.Namespace) -> FrontendPinning:
+    """``--profile`` pinned for ``--qemu``/``--machine`` (QEMU 7.2's table without)."""
+    profile = catalog_from(args).get(args.profile)
+    if args.machine is not None and args.qemu is None:
+        raise InputError("--machine goes with --qemu BINARY")
+    target = None if args.qemu is None else run(qemu_target(args.qemu, profile, args.machine))
+    return pin_frontend(profile, target)
+
+
+def libvirt_xml(args: argparse.Namespace) -> int:
+    result = libvirt_pinning(_pinning(args))
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        sys.stdout.write(result.xml)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK if result.satisfiable else EXIT_NO
+
+
 def qemu_args(args: argparse.Namespace) -> int:
-    pinning = pin_frontend(catalog_from(args).get(args.profile))
+    pinning = _pinning(args)
     if args.json:
         emit_json(pinning.to_json())
     else:
@@ -137,3 +161,23 @@ def register(subparsers: Subparsers) -> None:
                     "from being offered what the profile lacks; notes go to stderr. "
                     "Exit 1 if QEMU cannot honour the profile's limits.")
     pin.add_argument("--profile", required=True, metavar="VERSION")
+    _add_target_options(pin)
+
+    xml = add_command(
+        subparsers, "libvirt-xml", libvirt_xml, catalog=True,
+        summary="libvirt domain XML (<driver>, <qemu:override>) pinning the frontend",
+        description="Print the interface <driver> element (libvirt 9.0's attributes) and, "
+                    "for what that schema cannot express (indirect_desc, USO ...), a "
+                    "<qemu:override> block, as a partial <domain>; notes go to stderr. Exit "
+                    "1 if QEMU cannot honour the profile.")
+    xml.add_argument("--profile", required=True, metavar="VERSION")
+    _add_target_options(xml)
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--qemu", metavar="BINARY",
+                        help="use the properties this QEMU binary really has, and its "
+                             "machine type's defaults (without it: QEMU 7.2's table)")
+    parser.add_argument("--machine", metavar="TYPE",
+                        help="with --qemu: the machine type to run (default: the newest q35 "
+                             "type the profile allows and the binary has)")

@@ -1,4 +1,4 @@
-"""Host subcommands: ``publish``, ``versions``, ``assign``.
+"""Host subcommands: ``publish``, ``versions``, ``assign``, ``record``.
 
 A HOST is an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``, comma-separated
 members) or a directory path (the embedded store; ``publish`` creates it).
@@ -27,6 +27,7 @@ from vhostcompat.ovsprobe import probe_ovs
 from vhostcompat.probe import DEFAULT_TIMEOUT as PROBE_TIMEOUT
 from vhostcompat.probe import ProbeResult, probe
 from vhostcompat.profiles import Catalog
+from vhostcompat.record import record_from_qmp
 from vhostcompat.verify import DPDK_MAX_RING_SIZE, Verification, offered_profile
 
 
@@ -86,7 +87,27 @@ def assign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def record(args: argparse.Namespace) -> int:
+    report = run(record_from_qmp(args.db, args.iface, args.qmp, args.device))
+    emit_report(args, report)
+    return EXIT_OK
+
+
 def register(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "record", record,
+        summary="record what a running VM's guest negotiated, read from QEMU over QMP",
+        description="Read the guest-acked virtio features and the machine type of a "
+                    "running QEMU (its QMP monitor socket) and record them on the "
+                    "interface's row, where check-migration compares them with the "
+                    "destination. For tap and vhost-net interfaces (no proxy sees them).")
+    parser.add_argument("--qmp", required=True, metavar="SOCKET",
+                        help="the QEMU's QMP monitor (a Unix socket)")
+    add_host_option(parser, "--db")
+    parser.add_argument("--iface", required=True, metavar="NAME")
+    parser.add_argument("--device", default="net0", metavar="ID",
+                        help="the virtio-net-pci device id (default net0)")
+
     parser = add_command(
         subparsers, "publish", publish, catalog=True,
         summary="host init: publish a catalog's versions and contents",

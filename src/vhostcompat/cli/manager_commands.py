@@ -1,4 +1,5 @@
-"""Orchestrator subcommands: ``select``, ``provision``, ``check-migration``, ``matrix``."""
+"""Orchestrator subcommands: ``select``, ``baseline``, ``provision``, ``check-migration``,
+``matrix``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from vhostcompat.cli.common import (
     format_table,
     run,
 )
+from vhostcompat.errors import InputError
+from vhostcompat.profiles.model import VERSION_PATTERN
 
 
 def select(args: argparse.Namespace) -> int:
@@ -30,6 +33,14 @@ def provision(args: argparse.Namespace) -> int:
     report = run(manager.provision(args.hosts, args.iface, args.prefer))
     emit_report(args, report)
     return EXIT_OK if report.selection.selection.found else EXIT_NO
+
+
+def baseline(args: argparse.Namespace) -> int:
+    if not VERSION_PATTERN.fullmatch(args.name):
+        raise InputError(f"--name: invalid version string {args.name!r}")
+    report = run(manager.baseline(args.hosts, args.name, args.description or ""))
+    emit_report(args, report)
+    return EXIT_OK
 
 
 def check_migration(args: argparse.Namespace) -> int:
@@ -60,11 +71,24 @@ def _add_prefer(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Subparsers) -> None:
     parser = add_command(
-        subparsers, "select", select, summary="the first version every host publishes",
+        subparsers, "select", select, summary="the first version every host supports",
         description="Select the first version (in the first host's preference order) "
-                    "that every host publishes. Exit 1 if there is none.")
+                    "that every host publishes or satisfies by content (one of its "
+                    "published profiles meets it under every key's rule). Exit 1 if none.")
     add_host_option(parser, "hosts", nargs="+")
     _add_prefer(parser)
+
+    parser = add_command(
+        subparsers, "baseline", baseline,
+        summary="the common profile of several hosts' offers (a new catalog entry)",
+        description="Intersect what the hosts offer (each host's first published profile, "
+                    "e.g. one captured by `probe --tap --as-profile`): features and machine "
+                    "types in common, the smallest limits. Printed as a catalog entry (or "
+                    "--json) naming the newest common machine type; publish it to use it.")
+    add_host_option(parser, "hosts", nargs="+")
+    parser.add_argument("--name", required=True, metavar="VERSION",
+                        help="the version string of the new profile")
+    parser.add_argument("--description", metavar="TEXT")
 
     parser = add_command(
         subparsers, "provision", provision,

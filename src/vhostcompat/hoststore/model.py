@@ -16,6 +16,7 @@ What a host publishes and records, in Open vSwitch database terms (DESIGN.md):
   ``vhost-compat-queue-pairs``                   queue pairs in use
   ``vhost-compat-ring-size``                     largest ring size in use
   ``vhost-compat-status``                        free text status from the agent
+  ``vhost-compat-machine-type``                  the VM's QEMU machine type (pc-q35-7.2)
 ``Interface <name> status`` (written by OVS)
   ``features``, ``num_of_vrings``,               what OVS-DPDK itself negotiated
   ``vring_<N>_size``                             (read only, see :class:`OvsStatus`)
@@ -30,6 +31,7 @@ builds one :class:`HostRecord`. A value that does not parse is a
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +57,9 @@ ACKED_PROTOCOL_FEATURES_KEY = "vhost-compat-acked-protocol-features"
 QUEUE_PAIRS_KEY = "vhost-compat-queue-pairs"
 RING_SIZE_KEY = "vhost-compat-ring-size"
 STATUS_KEY = "vhost-compat-status"
+MACHINE_TYPE_KEY = "vhost-compat-machine-type"
 NEGOTIATED_KEYS = (ACKED_FEATURES_KEY, ACKED_PROTOCOL_FEATURES_KEY, QUEUE_PAIRS_KEY,
-                   RING_SIZE_KEY, STATUS_KEY)
+                   RING_SIZE_KEY, STATUS_KEY, MACHINE_TYPE_KEY)
 
 OVS_FEATURES_KEY = "features"
 OVS_VRINGS_KEY = "num_of_vrings"
@@ -171,12 +174,11 @@ class InterfaceRecord:
         if ovs.features is not None:
             features = VirtioFeature((int(features) if features is not None else 0)
                                      | ovs.features)
-        return NegotiatedState(
-            acked_features=features,
-            acked_protocol_features=recorded.acked_protocol_features,
+        # Everything else (protocol features, machine type, status) as recorded.
+        return dataclasses.replace(
+            recorded, acked_features=features,
             queue_pairs=_larger(recorded.queue_pairs, ovs.queue_pairs),
-            ring_size=_larger(recorded.ring_size, ovs.ring_size),
-            status=recorded.status)
+            ring_size=_larger(recorded.ring_size, ovs.ring_size))
 
 
 def _larger(first: int | None, second: int | None) -> int | None:
@@ -266,6 +268,8 @@ def encode_negotiated(state: NegotiatedState) -> Row:
         row[RING_SIZE_KEY] = str(state.ring_size)
     if state.status is not None:
         row[STATUS_KEY] = state.status
+    if state.machine_type is not None:
+        row[MACHINE_TYPE_KEY] = state.machine_type
     return row
 
 
@@ -305,6 +309,7 @@ def decode_negotiated(address: str, row: Mapping[str, str]) -> NegotiatedState:
         queue_pairs=None if pairs is None else _decode_count(address, QUEUE_PAIRS_KEY, pairs),
         ring_size=None if ring is None else _decode_count(address, RING_SIZE_KEY, ring),
         status=row.get(STATUS_KEY),
+        machine_type=row.get(MACHINE_TYPE_KEY),
     )
 
 

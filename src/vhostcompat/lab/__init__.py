@@ -1,6 +1,7 @@
 """The real-frontend lab: QEMU, a qtest virtio-pci driver, QMP, migration, testpmd.
 
-Everything here starts real programs (Debian's QEMU 7.2 and DPDK testpmd) as
+Everything here starts real programs (Debian's QEMU 7.2, the private QEMU 10.0
+and DPDK testpmd) as
 child processes and cleans up after them, so tests, benchmarks and
 ``vhostcompat demo`` can play the whole story against any vhost-user backend:
 
@@ -20,5 +21,7 @@ child processes and cleans up after them, so tests, benchmarks and
 * :mod:`~vhostcompat.lab.ovsdb`: standalone ovsdb-server children (vswitch schema
   or any), one or hundreds at once;
 * :mod:`~vhostcompat.lab.story`: the upstream story played once, for the demo
-  (on testpmd, and on OVS-DPDK with the host agents).
+  (on testpmd, and on OVS-DPDK with the host agents);
+* :mod:`~vhostcompat.lab.tap`: tap devices for ``-netdev tap`` VMs (down, no address);
+* :mod:`~vhostcompat.lab.uso`: the USO story, QEMU 10.0 to 7.2 on taps.
 """

@@ -156,11 +156,14 @@ async def source_and_destination(
         destination_backend: BackendFactory[DestinationT], *,
         source_proxy: ProxyMode | None = None, destination_proxy: ProxyMode | None = None,
         vm_options: Mapping[str, Any] | None = None,
+        source_options: Mapping[str, Any] | None = None,
+        destination_options: Mapping[str, Any] | None = None,
         ) -> AsyncIterator[tuple[Host[SourceT], Host[DestinationT]]]:
     """Hosts "a" (source) and "b" (destination, QEMU waiting for ``uri``), side by side.
 
     ``vm_options`` apply to both QEMUs (queues, ring sizes and device
-    properties must match for a migration to load).
+    properties must match for a migration to load); ``source_options`` and
+    ``destination_options`` add to them on one side (two QEMU binaries, say).
     """
     common = dict(vm_options or {})
     async with contextlib.AsyncExitStack() as stack:
@@ -168,8 +171,10 @@ async def source_and_destination(
         # is on the stack by the time the group ends, so it is cleaned up.
         async with asyncio.TaskGroup() as group:
             source = group.create_task(stack.enter_async_context(
-                host(run_dir, "a", source_backend, proxy=source_proxy, vm_options=common)))
+                host(run_dir, "a", source_backend, proxy=source_proxy,
+                     vm_options={**common, **(source_options or {})})))
             destination = group.create_task(stack.enter_async_context(
                 host(run_dir, "b", destination_backend, proxy=destination_proxy,
-                     vm_options={**common, "incoming": uri, "qtest": False})))
+                     vm_options={**common, "incoming": uri, "qtest": False,
+                                 **(destination_options or {})})))
         yield source.result(), destination.result()

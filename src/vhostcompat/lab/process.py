@@ -200,3 +200,21 @@ async def wait_for_path(path: Path, timeout: float, *,
                         watch: Iterable[ChildProcess] = ()) -> None:
     """Wait (bounded) until ``path`` exists, e.g. a socket a child creates."""
     await wait_until(path.exists, timeout, f"{path} to exist", watch=watch)
+
+
+async def bounded_output(argv: Sequence[str], timeout: float) -> tuple[int, str]:
+    """Run a short command to its end (stdout and stderr together), at most ``timeout``
+    seconds: ``(returncode, output)``. On timeout the command is killed, reaped, and
+    TimeoutError raised; OSError when it cannot be started."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return -1 if process.returncode is None else process.returncode, \
+        out.decode(errors="replace")

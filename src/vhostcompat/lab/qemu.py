@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -51,8 +53,14 @@ from vhostcompat.lab.qtest import QtestClient, VirtioNetPciDriver, qtest_listene
 logger = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
+# QEMU 10.0, unpacked privately by scripts/qemu10.sh beside the installed 7.2.
+QEMU10_ENV = "VHOSTCOMPAT_QEMU10"
+QEMU10_WRAPPER = "qemu-system-x86_64-10.0"
 DEFAULT_MAC = "52:54:00:12:34:56"
 DEFAULT_DEVICE_ID = "net0"
+# ``q35`` is an alias of the binary's newest q35 machine (pc-q35-7.2 on QEMU
+# 7.2, pc-q35-10.0 on 10.0): pass a versioned type to keep two QEMUs migratable.
+DEFAULT_MACHINE = "q35"
 START_TIMEOUT = 20.0
 QMP_DISCONNECT_TIMEOUT = 5.0
 # virtio-net accepts ring sizes that are powers of 2 in this range.
@@ -71,11 +79,15 @@ QEMU_DROPS = (F.VIRTIO_NET_F_MTU | F.VIRTIO_NET_F_MQ | F.VIRTIO_F_RING_PACKED
 QEMU_ADDS = (F.VIRTIO_NET_F_MAC | F.VIRTIO_NET_F_STATUS | F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS
              | F.VIRTIO_NET_F_CTRL_VLAN | F.VIRTIO_NET_F_CTRL_RX_EXTRA
              | F.VIRTIO_NET_F_CTRL_MAC_ADDR)
-# A modern-only device (disable-legacy=on) hides the legacy-only bits from the driver.
-LEGACY_ONLY = F.VIRTIO_NET_F_GSO | F.VIRTIO_F_ANY_LAYOUT | F.VHOST_USER_F_PROTOCOL_FEATURES
+# A modern-only device (disable-legacy=on) hides the legacy-only bits from the
+# driver (bit 30 is VIRTIO_F_BAD_FEATURE to a legacy guest).
+LEGACY_ONLY = (F.VIRTIO_NET_F_GSO | F.VIRTIO_F_NOTIFY_ON_EMPTY | F.VIRTIO_F_ANY_LAYOUT
+               | F.VHOST_USER_F_PROTOCOL_FEATURES)
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _PROPERTY_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_.-]*")
+# Linux interface names: at most IFNAMSIZ - 1 = 15 bytes, no '/', no spaces.
+_TAP_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,15}")
 
 
 def device_offer(backend_features: VirtioFeature) -> VirtioFeature:
@@ -85,6 +97,11 @@ def device_offer(backend_features: VirtioFeature) -> VirtioFeature:
     CTRL_VQ and CTRL_RX (QEMU adds those too when a backend lacks them).
     """
     return (backend_features & ~QEMU_DROPS) | QEMU_ADDS
+
+
+def qemu10_binary() -> str:
+    """QEMU 10.0: ``$VHOSTCOMPAT_QEMU10``, else the wrapper in this environment's bin."""
+    return os.environ.get(QEMU10_ENV) or str(Path(sys.prefix) / "bin" / QEMU10_WRAPPER)
 
 
 def _option_value(value: str | Path) -> str:
@@ -106,9 +123,15 @@ class QemuVm:
     ``reconnect``: as the socket's client, reconnect this many seconds after
     the backend closes (chardev ``reconnect=N``), as needed to survive a
     backend restart.
+    ``tap``: a tap device name instead of ``socket_path``: ``-netdev tap``
+    (userspace virtio-net, ``vhost=off``); QEMU opens the device, creating a
+    transient one if it does not exist (root). Neither: a device without a
+    netdev, enough to read its properties.
+    ``binary``: which QEMU (``qemu-system-x86_64`` 7.2, the 10.0 wrapper ...);
+    ``machine``: its machine type (``q35`` is the binary's newest q35).
     """
 
-    socket_path: Path
+    socket_path: Path | None
     chardev_server: bool = False
     queues: int = 1
     mac: str = DEFAULT_MAC
@@ -122,8 +145,21 @@ class QemuVm:
     device_id: str = DEFAULT_DEVICE_ID
     binary: str = QEMU_BINARY
     reconnect: int | None = None
+    tap: str | None = None
+    machine: str = DEFAULT_MACHINE
 
     def __post_init__(self) -> None:
+        if self.socket_path is not None and self.tap is not None:
+            raise InputError("a VM has a vhost-user socket or a tap device, not both "
+                             f"({self.socket_path} and {self.tap})")
+        if self.tap is not None and (self.chardev_server or self.reconnect is not None
+                                     or self.queues != 1):
+            raise InputError("chardev_server, reconnect and queues go with vhost-user, "
+                             "not with a tap netdev")
+        if self.tap is not None and not _TAP_NAME.fullmatch(self.tap):
+            raise InputError(f"not a tap device name: {self.tap!r}")
+        if not _PROPERTY_NAME.fullmatch(self.machine):
+            raise InputError(f"not a QEMU machine type: {self.machine!r}")
         if not 1 <= self.queues <= MAX_QUEUES:
             raise InputError(f"queues must be 1..{MAX_QUEUES}, not {self.queues}")
         if not _MAC.fullmatch(self.mac):
@@ -155,17 +191,20 @@ class QemuPaths:
     firmware: Path
     qmp: Path
     qtest: Path
+    management_qmp: Path | None = None
+    """A second QMP monitor for management tools (``vhostcompat record --qmp``),
+    as libvirt or a host agent would have: the lab holds the first one."""
 
     @classmethod
     def in_directory(cls, run_dir: Path, name: str) -> QemuPaths:
         return cls(firmware=run_dir / "halt.bin", qmp=run_dir / f"{name}.qmp",
-                   qtest=run_dir / f"{name}.qtest")
+                   qtest=run_dir / f"{name}.qtest",
+                   management_qmp=run_dir / f"{name}-mgmt.qmp")
 
 
 def device_properties(vm: QemuVm) -> dict[str, str]:
     """The ``-device virtio-net-pci`` properties, extra ones last (they win)."""
     properties = {
-        "netdev": "n0",
         "id": vm.device_id,
         "mac": vm.mac,
         # Modern only: the qtest driver speaks virtio 1.x.
@@ -173,6 +212,8 @@ def device_properties(vm: QemuVm) -> dict[str, str]:
         # No option ROM: iPXE would otherwise drive the NIC on its own.
         "romfile": "",
     }
+    if vm.socket_path is not None or vm.tap is not None:
+        properties = {"netdev": "n0", **properties}
     if vm.queues > 1:
         properties["mq"] = "on"
     if vm.rx_queue_size is not None:
@@ -183,9 +224,14 @@ def device_properties(vm: QemuVm) -> dict[str, str]:
     return properties
 
 
-def qemu_argv(vm: QemuVm, paths: QemuPaths) -> list[str]:
-    """The QEMU command line for ``vm`` (pure: touches no file)."""
-    memory = f"{vm.memory_mib}M"
+def netdev_arguments(vm: QemuVm) -> list[str]:
+    """``-chardev``/``-netdev`` for a vhost-user socket, ``-netdev tap`` for a tap,
+    nothing for a device without a backend (enough to read its properties)."""
+    if vm.tap is not None:
+        # Userspace virtio-net on the tap (vhost=off): /dev/vhost-net is optional.
+        return ["-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no,vhost=off"]
+    if vm.socket_path is None:
+        return []
     chardev = f"socket,id=c0,path={_option_value(vm.socket_path)}"
     if vm.chardev_server:
         chardev += ",server=on,wait=off"
@@ -194,22 +240,29 @@ def qemu_argv(vm: QemuVm, paths: QemuPaths) -> list[str]:
     netdev = "vhost-user,id=n0,chardev=c0"
     if vm.queues > 1:
         netdev += f",queues={vm.queues}"
+    return ["-chardev", chardev, "-netdev", netdev]
+
+
+def qemu_argv(vm: QemuVm, paths: QemuPaths) -> list[str]:
+    """The QEMU command line for ``vm`` (pure: touches no file)."""
+    memory = f"{vm.memory_mib}M"
     device = "virtio-net-pci," + ",".join(
         f"{name}={value}" for name, value in device_properties(vm).items())
     argv = [
         vm.binary,
         "-accel", "tcg",
-        "-machine", "q35,memory-backend=mem",
+        "-machine", f"{vm.machine},memory-backend=mem",
         "-m", memory,
         # vhost-user maps guest RAM in the backend: it must be shared memory.
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
         "-bios", str(paths.firmware),
         "-display", "none", "-nodefaults", "-no-user-config",
-        "-chardev", chardev,
-        "-netdev", netdev,
+        *netdev_arguments(vm),
         "-device", device,
         "-qmp", f"unix:{_option_value(paths.qmp)},server=on,wait=off",
     ]
+    if paths.management_qmp is not None:
+        argv += ["-qmp", f"unix:{_option_value(paths.management_qmp)},server=on,wait=off"]
     if vm.qtest:
         argv += ["-qtest", f"unix:{_option_value(paths.qtest)}", "-qtest-log", "/dev/null"]
     if vm.incoming is not None:

@@ -386,6 +386,7 @@ COMMON_DEVICE_STATUS = 0x14
 COMMON_QUEUE_SELECT = 0x16
 COMMON_QUEUE_SIZE = 0x18
 COMMON_QUEUE_ENABLE = 0x1C
+COMMON_QUEUE_NOTIFY_OFF = 0x1E
 COMMON_QUEUE_DESC = 0x20
 COMMON_QUEUE_DRIVER = 0x28
 COMMON_QUEUE_DEVICE = 0x30
@@ -407,6 +408,13 @@ QTEST_DRIVER_UNSUPPORTED = (
 DEFAULT_MMIO_BASE = 0xE000_0000  # inside q35's 32-bit PCI hole, above MMCONFIG
 DEFAULT_RING_BASE = 0x0010_0000  # 1 MiB: guest RAM above the legacy BIOS area
 RESET_TIMEOUT = 2.0
+TRANSMIT_TIMEOUT = 10.0
+# A scratch guest buffer for transmitted frames: far above the rings, inside
+# the lab's smallest useful guest RAM (64 MiB + a page).
+TRANSMIT_BUFFER = 0x0400_0000
+# struct virtio_net_hdr_v1 (VIRTIO_F_VERSION_1): 12 bytes, no offload requested.
+VIRTIO_NET_HDR_V1 = bytes(12)
+TX_QUEUE = 1
 
 
 def default_wanted(offered: VirtioFeature) -> VirtioFeature:
@@ -435,9 +443,10 @@ class Negotiation:
 class VirtioNetPciDriver:
     """A modern (virtio 1.x) virtio-net PCI driver speaking through qtest.
 
-    It brings the device up to DRIVER_OK and stops there: no buffers are
-    posted and no queue is kicked. That is enough for QEMU to start vhost,
-    which is what the lab needs.
+    It brings the device up to DRIVER_OK (:meth:`initialise`), which is
+    enough for QEMU to start vhost; :meth:`transmit` posts one frame and
+    kicks a TX ring, and :meth:`attach` adopts a device already brought up
+    (on a migration's destination), to show the device still runs there.
     """
 
     def __init__(self, qtest: QtestClient, *, mmio_base: int = DEFAULT_MMIO_BASE,
@@ -599,6 +608,78 @@ class VirtioNetPciDriver:
         await self.qtest.writew(self._common(COMMON_QUEUE_ENABLE), 1)
         return layout
 
+    async def read_bars(self, pci: PciAddress, indexes: Iterable[int]) -> dict[int, int]:
+        """The addresses already programmed in memory BARs ``indexes`` (a device
+        set up before, e.g. by the source's driver before a migration)."""
+        bars: dict[int, int] = {}
+        for index in sorted(set(indexes)):
+            offset = PCI_BAR0 + 4 * index
+            low = await self.config_read(pci, offset, 4)
+            address = low & PCI_BAR_MEM_MASK
+            if low & PCI_BAR_MEM_TYPE_64:
+                address |= await self.config_read(pci, offset + 4, 4) << 32
+            if address == 0:
+                raise VirtioDriverError("BARs", f"BAR{index} of {pci} is not programmed")
+            bars[index] = address
+        return bars
+
+    async def attach(self, pci: PciAddress | None = None) -> DeviceStatus:
+        """Adopt a device a driver already brought up (its BARs and rings as they
+        are, as a migrated guest finds them); return its status."""
+        pci = await self._only_device() if pci is None else pci
+        self._caps = await self.read_capabilities(pci)
+        self._bars = await self.read_bars(pci, (cap.bar for cap in self._caps.values()))
+        return await self.device_status()
+
+    async def _only_device(self) -> PciAddress:
+        devices = await self.find_devices()
+        if len(devices) != 1:
+            raise VirtioDriverError("discovery",
+                                    f"expected one virtio-net on bus 0, found {len(devices)}")
+        return devices[0]
+
+    async def _read64(self, offset: int) -> int:
+        low = await self.qtest.readl(self._common(offset))
+        return low | await self.qtest.readl(self._common(offset + 4)) << 32
+
+    async def transmit(self, frame: bytes, queue: int = TX_QUEUE,
+                       timeout: float = TRANSMIT_TIMEOUT) -> int:
+        """Post one frame on TX ``queue``, kick it, and wait (bounded) until the
+        device returns the buffer in the used ring; return the new used index.
+
+        Works on a device brought up here or adopted with :meth:`attach`: the
+        ring addresses are read back from the device.
+        """
+        await self.qtest.writew(self._common(COMMON_QUEUE_SELECT), queue)
+        size = await self.qtest.readw(self._common(COMMON_QUEUE_SIZE))
+        if not await self.qtest.readw(self._common(COMMON_QUEUE_ENABLE)):
+            raise VirtioDriverError("transmit", f"queue {queue} is not enabled")
+        desc = await self._read64(COMMON_QUEUE_DESC)
+        avail = await self._read64(COMMON_QUEUE_DRIVER)
+        used = await self._read64(COMMON_QUEUE_DEVICE)
+        notify_off = await self.qtest.readw(self._common(COMMON_QUEUE_NOTIFY_OFF))
+        avail_index = await self.qtest.readw(avail + 2)
+        used_before = await self.qtest.readw(used + 2)
+        packet = VIRTIO_NET_HDR_V1 + frame
+        await self.qtest.write(TRANSMIT_BUFFER, packet)
+        head = avail_index % size
+        # One device-readable descriptor: addr le64, len le32, flags le16, next le16.
+        await self.qtest.write(desc + DESC_SIZE * head,
+                               struct.pack("<QIHH", TRANSMIT_BUFFER, len(packet), 0, 0))
+        await self.qtest.writew(avail + 4 + 2 * head, head)
+        await self.qtest.writew(avail + 2, (avail_index + 1) & 0xFFFF)
+        notify = self._caps[VirtioPciCapType.NOTIFY_CFG]
+        await self.qtest.writew(
+            self._bars[notify.bar] + notify.offset + notify_off * notify.notify_off_multiplier,
+            queue)
+        wanted = (used_before + 1) & 0xFFFF
+
+        async def returned() -> bool:
+            return await self.qtest.readw(used + 2) == wanted
+
+        await wait_until(returned, timeout, f"the device to return TX buffer {head}")
+        return wanted
+
     async def read_mac(self) -> str:
         data = await self.qtest.read(self._address(VirtioPciCapType.DEVICE_CFG, NET_CONFIG_MAC), 6)
         return ":".join(f"{byte:02x}" for byte in data)
@@ -617,11 +698,7 @@ class VirtioNetPciDriver:
         ``pci``: which device (default: the only virtio-net on bus 0).
         """
         if pci is None:
-            devices = await self.find_devices()
-            if len(devices) != 1:
-                raise VirtioDriverError("discovery",
-                                        f"expected one virtio-net on bus 0, found {len(devices)}")
-            pci = devices[0]
+            pci = await self._only_device()
         self._caps = await self.read_capabilities(pci)
         self._bars = await self.assign_bars(pci, (cap.bar for cap in self._caps.values()))
 

@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
@@ -92,12 +93,16 @@ async def migrate_guest(source: RunningQemu, destination: RunningQemu, uri: str,
 
 async def play_migration(run_dir: Path, *, mode: str | None = None,
                          hosts: tuple[str, str] | None = None,
-                         iface: str | None = None) -> MigrationRun:
+                         iface: str | None = None,
+                         vm_options: Mapping[str, Any] | None = None,
+                         source_options: Mapping[str, Any] | None = None) -> MigrationRun:
     """Migrate a guest from A (testpmd tso=1) to B (testpmd default) and say what happened.
 
     Without ``mode`` and ``hosts`` the interfaces are direct. ``hosts`` (A's
     and B's store) with ``iface``: each proxy reads the interface's mode
     from its own store and records what was negotiated there.
+    ``vm_options`` go to both QEMUs (a machine type), ``source_options`` to
+    A's only (another QEMU binary).
     """
     uri = f"unix:{run_dir / 'migration.sock'}"
     proxies: tuple[ProxyMode | None, ProxyMode | None] = (None, None)
@@ -108,7 +113,8 @@ async def play_migration(run_dir: Path, *, mode: str | None = None,
         proxies = (ProxyMode(mode), ProxyMode(mode))
     async with source_and_destination(run_dir, uri, dpdk_testpmd(tso=True), dpdk_testpmd(),
                                        source_proxy=proxies[0],
-                                       destination_proxy=proxies[1]) as (host_a, host_b):
+                                       destination_proxy=proxies[1], vm_options=vm_options,
+                                       source_options=source_options) as (host_a, host_b):
         # The mode the proxy actually ran (read from the store when hosts were given).
         proxy_mode = host_a.proxy.status().profile if host_a.proxy is not None else None
         run = await migrate_guest(host_a.qemu, host_b.qemu, uri, proxy_mode)

@@ -140,6 +140,11 @@ class OvsdbClient:
         return None if self._connection is None else self._connection.remote
 
     @property
+    def pending_calls(self) -> int:
+        """Calls sent on the current connection and not answered yet."""
+        return 0 if self._connection is None else self._connection.pending_calls
+
+    @property
     def last_error(self) -> OvsdbError | None:
         """Why the last connection ended, or the last reconnect attempt failed."""
         return self._last_loss
@@ -163,20 +168,36 @@ class OvsdbClient:
 
     # -- connecting -------------------------------------------------------------
 
-    async def connect(self, *, read: Sequence[Select] = ()) -> list[Result]:
+    async def connect(self, *, read: Sequence[Select] = (),
+                      retry_for: float = 0.0) -> list[Result]:
         """Connect to the first member that answers; see the module docstring.
 
         ``read``: selects sent in the same write as ``get_schema`` (one round
         trip instead of two, for one-shot readers), their results returned
         once the schema passed the check. Only selects: nothing is written
         before the schema is known to fit.
+
+        ``retry_for``: keep trying (the reconnect backoff) for up to that many
+        seconds while no member answers (a daemon starting before its
+        ovsdb-server); a database that does not fit is refused at once.
         """
         self._require(Runstate.IDLE)
         if not all(isinstance(operation, Select) for operation in read):
             raise ValueError("only selects travel with get_schema")
         self.runstate = Runstate.CONNECTING
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for
+        delay = BACKOFF_MIN
         try:
-            return await self._establish(read)
+            while True:
+                try:
+                    return await self._establish(read)
+                except OvsdbConnectionError as error:
+                    self._last_loss = error
+                    if loop.time() + delay > deadline:
+                        raise
+                await asyncio.sleep(delay)  # the backoff itself, not a wait for a condition
+                delay = min(delay * 2, self.backoff_max)
         except BaseException:
             self.runstate = Runstate.IDLE
             raise
@@ -465,11 +486,12 @@ class OvsdbClient:
 async def connect(remotes: str | Sequence[Remote], database: str = DEFAULT_DATABASE, *,
                   timeout: float = DEFAULT_TIMEOUT,
                   required_columns: RequiredColumns | None = None,
-                  reconnect: bool = True, **options: Any) -> OvsdbClient:
-    """A connected :class:`OvsdbClient` (see its parameters)."""
+                  reconnect: bool = True, retry_for: float = 0.0,
+                  **options: Any) -> OvsdbClient:
+    """A connected :class:`OvsdbClient` (see its parameters and :meth:`OvsdbClient.connect`)."""
     client = OvsdbClient(remotes, database, timeout=timeout, required_columns=required_columns,
                          reconnect=reconnect, **options)
-    await client.connect()
+    await client.connect(retry_for=retry_for)
     return client
 
 

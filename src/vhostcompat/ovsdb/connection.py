@@ -95,6 +95,10 @@ class Connection(asyncio.Protocol):
             max_message_bytes=max_message_bytes, max_depth=max_depth))
 
     @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
+
+    @property
     def lost(self) -> OvsdbError | None:
         """Why the connection ended, or None while it is up."""
         return self._lost

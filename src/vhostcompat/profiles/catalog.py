@@ -26,6 +26,7 @@ followed by the system directory ``/etc/vhostcompat/catalog.d`` when it exists
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -34,10 +35,12 @@ from importlib import resources
 from pathlib import Path
 
 from vhostcompat.errors import CatalogError, InputError, UnknownVersionError
+from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.profiles.model import (
     CompatProfile,
     KeyValueError,
     Rule,
+    format_raw,
     parse_rules,
     profile_from_mapping,
 )
@@ -223,3 +226,36 @@ def load_default_catalog() -> Catalog:
 def load_catalog_or_default(paths: Sequence[str | os.PathLike[str]] | None) -> Catalog:
     """``--catalog`` semantics: given paths replace the default catalog."""
     return load_catalog(paths) if paths else load_default_catalog()
+
+
+def _toml_value(value: object) -> str:
+    # json.dumps of str/int/bool/list-of-str is valid TOML for those types.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+def catalog_entry_text(profile: CompatProfile, comments: Sequence[str] = ()) -> str:
+    """One profile as catalog TOML (a ``[rules]`` table for declared keys, then
+    ``[[profile]]``): what ``probe --as-profile`` and ``baseline`` print, and
+    what :func:`parse_catalog_text` reads back to the same profile."""
+    lines = [f"# {comment}" for comment in comments]
+    rules = {spec.name: spec.rule.value for spec, _value in profile.items() if not spec.builtin}
+    if rules:
+        lines.append("[rules]")
+        lines.extend(f"{name} = {json.dumps(rule)}" for name, rule in rules.items())
+        lines.append("")
+    lines += ["[[profile]]", f"version = {json.dumps(profile.version)}"]
+    if profile.description:
+        lines.append(f"description = {json.dumps(profile.description)}")
+    for spec, value in profile.items():
+        if isinstance(value, VirtioFeature):
+            raw: object = names(value, VirtioFeature)
+        elif isinstance(value, ProtocolFeature):
+            raw = names(value, ProtocolFeature)
+        else:
+            raw = format_raw(value)
+        lines.append(f"{spec.name} = {_toml_value(raw)}")
+    return "\n".join(lines) + "\n"

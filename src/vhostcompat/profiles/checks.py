@@ -72,6 +72,8 @@ def check_negotiated(state: NegotiatedState, offered: CompatProfile,
         ("protocol_features", state.acked_protocol_features),
         ("max_queue_pairs", state.queue_pairs),
         ("max_ring_size", state.ring_size),
+        ("machine_types", None if state.machine_type is None
+         else frozenset({state.machine_type})),
     ]
     shortfalls: list[Shortfall] = []
     for name, in_use in wanted:
@@ -129,9 +131,10 @@ def _subset_shortfalls(spec: KeySpec, needed: Value, have: Value, subject: str,
                             f"{subject} lacks vhost-user protocol feature {label} {because}",
                             (label,))
     elif isinstance(needed, frozenset) and isinstance(have, frozenset):
+        what = "machine type" if spec.name == "machine_types" else f"{spec.name} item"
         for item in sorted(needed - have):
             yield Shortfall(spec.name, spec.rule,
-                            f"{subject} lacks {spec.name} item {item!r} {because}", (item,))
+                            f"{subject} lacks {what} {item!r} {because}", (item,))
     else:
         yield Shortfall(spec.name, spec.rule,
                         f"{subject}'s {spec.name} cannot be compared as a set")

@@ -109,6 +109,9 @@ BUILTIN_KEYS: dict[str, KeySpec] = {
         KeySpec("max_ring_size", Rule.AT_MOST, ValueKind.COUNT,
                 "largest virtqueue size (SET_VRING_NUM) the backend accepts",
                 MAX_RING_SIZE, builtin=True),
+        KeySpec("machine_types", Rule.SUBSET, ValueKind.NAMES,
+                "QEMU machine types the host runs (a VM's machine type must be among "
+                "the destination's: QEMU refuses to load any other)", builtin=True),
     )
 }
 
@@ -157,6 +160,7 @@ class CompatProfile:
     max_ring_size: int | None = None
     extra: tuple[ExtraKey, ...] = ()
     description: str = field(default="", compare=False)
+    machine_types: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not VERSION_PATTERN.fullmatch(self.version):
@@ -196,6 +200,7 @@ class CompatProfile:
             "protocol_features": self.protocol_features,
             "max_queue_pairs": self.max_queue_pairs,
             "max_ring_size": self.max_ring_size,
+            "machine_types": self.machine_types,
         }
         return values[name]
 
@@ -277,6 +282,7 @@ def profile_from_mapping(table: Mapping[str, object],
     protocol = values.get("protocol_features")
     queue_pairs = values.get("max_queue_pairs")
     ring_size = values.get("max_ring_size")
+    machine_types = values.get("machine_types")
     return CompatProfile(
         version=version,
         virtio_features=virtio,
@@ -285,6 +291,7 @@ def profile_from_mapping(table: Mapping[str, object],
         max_ring_size=ring_size if isinstance(ring_size, int) else None,
         extra=tuple(sorted(extra, key=lambda key: key.name)),
         description=description,
+        machine_types=machine_types if isinstance(machine_types, frozenset) else None,
     )
 
 
@@ -398,8 +405,10 @@ class NegotiatedState:
     queue_pairs: int | None = None
     ring_size: int | None = None
     status: str | None = None
+    machine_type: str | None = None
+    """The QEMU machine type the VM runs (as QEMU resolved it: pc-q35-10.0, not q35)."""
 
     def is_empty(self) -> bool:
         return all(value is None for value in (
             self.acked_features, self.acked_protocol_features, self.queue_pairs,
-            self.ring_size, self.status))
+            self.ring_size, self.status, self.machine_type))
