@@ -180,7 +180,8 @@ def running_reports(agent: RunningAgent) -> int:
 
 async def crash_everything_on(host: RunningOvs, agent: RunningAgent, qemu: Any,
                               run_dir: Path) -> None:
-    """Kill ovsdb-server, then the agent, then vswitchd; each time the system converges.
+    """Kill ovsdb-server, then the agent, then vswitchd, then change the mode; each time
+    the system converges.
 
     Each crash is first seen to have an effect (the agent resyncs, or writes
     ``running`` again after the device restarted), then every piece is checked.
@@ -216,6 +217,13 @@ async def crash_everything_on(host: RunningOvs, agent: RunningAgent, qemu: Any,
         await host.restart_vswitchd(crash=True)
         await settle(again, reports, "ovs-vswitchd was killed")
         assert len(again.events("proxy-started")) == 1
+        # Another mode on the running interface (B publishes it; the guest's features
+        # fit in it): the proxy restarts in it, QEMU and OVS reconnect, no port re-created.
+        reports = running_reports(again)
+        await host.vsctl("set", "Interface", "vhu0", f"options:vhost-compat-version={DEFAULT}")
+        await settle(again, reports, f"the mode changed to {DEFAULT}")
+        assert [line for line in again.events("proxy-started")
+                if f"mode={DEFAULT} " in line] and not again.events("redirected")
 
 
 def test_bad_input_is_refused_on_the_row_or_with_one_line(lab_dir: Path) -> None:
