@@ -18,7 +18,8 @@ ports, a qtest driver its guest.
   ``status:features``;
 * killing B's ovsdb-server, then B's agent, then B's ovs-vswitchd-dpdk each
   leaves the system converged: the device runs again, one proxy, one port,
-  QEMU's path still on the row.
+  QEMU's path still on the row; so does a mode changed on the running
+  interface (its proxy restarts in it, the port stays).
 
 The slow parts (two OVS-DPDK instances, four QEMUs) are shared by the steps
 of one test; the bad input needs only an ovsdb-server and runs in its own.
