@@ -101,12 +101,16 @@ TIMEOUT = 5.0
 RETRY_MIN = 0.1
 RETRY_MAX = 2.0
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MONITORED = {
+# The columns the agent cannot work without (checked on connect) ...
+REQUIRED = {
     "Open_vSwitch": ("external_ids", "next_cfg", "cur_cfg"),
     "Bridge": ("name", "ports"),
-    "Port": (*PORT_COLUMNS, "interfaces"),
-    "Interface": (*INTERFACE_COLUMNS, *INTERFACE_STATUS_COLUMNS),
+    "Port": ("name", "interfaces"),
+    "Interface": ("name", "type", "options", "external_ids"),
 }
+# ... and every column it keeps when it re-creates a port (those the schema has).
+MONITORED = {**REQUIRED, "Port": (*PORT_COLUMNS, "interfaces"),
+             "Interface": (*INTERFACE_COLUMNS, *INTERFACE_STATUS_COLUMNS)}
 
 
 def status_of(proxy: ProxyStatus) -> Status:
@@ -196,7 +200,6 @@ class Agent:
         self._dirty = asyncio.Event()
         self._resynced = False
         self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._client: OvsdbClient | None = None
         self._writer: PortWriter | None = None
 
     @property
@@ -210,8 +213,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, monitor and reconcile until ``stop``; proxies stopped, redirects kept."""
         client = await connect(self.config.remote, timeout=self.config.timeout,
-                               required_columns=MONITORED)
-        self._client = client
+                               required_columns=REQUIRED)
         self._writer = PortWriter(client, self.tables, self._cfg_applied)
         event(_log, "connected", db=self.config.remote, state_dir=str(self.config.state_dir))
         watcher = asyncio.create_task(self._watch(client), name="agent monitor")
