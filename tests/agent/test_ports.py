@@ -1,4 +1,5 @@
-"""agent.ports and agent.journal: what a re-created port keeps, and what survives a crash."""
+"""agent.ports, agent.journal and the daemon's pure parts: what a re-created port keeps,
+what survives a crash, where the sockets go, what the row says."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vhostcompat.agent.daemon import AgentConfig, status_of
 from vhostcompat.agent.journal import Journal, JournalError
 from vhostcompat.agent.ports import (
     PortCopy,
@@ -17,7 +19,9 @@ from vhostcompat.agent.ports import (
     decode_row,
     encode_row,
 )
+from vhostcompat.errors import InputError
 from vhostcompat.ovsdb import Uuid
+from vhostcompat.proxy import ProxyState, ProxyStatus
 
 IFACE, PORT, BRIDGE = (Uuid(f"{digit * 8}-0000-0000-0000-000000000000") for digit in "123")
 QOS = Uuid("44444444-0000-0000-0000-000000000000")
@@ -92,3 +96,26 @@ def test_an_unreadable_journal_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match=r"unreadable .*move it away") as error:
         Journal.open(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_agent_sockets_are_path_safe_and_fit_a_unix_socket_path(tmp_path: Path) -> None:
+    config = AgentConfig("unix:/run/db.sock", tmp_path)
+    assert config.socket_path("vhu0") == str(tmp_path / "vhu0.sock")
+    hashed = config.socket_path("../etc/passwd")
+    assert Path(hashed).parent == tmp_path and Path(hashed).name.startswith("iface-")
+    assert config.socket_path("x" * 60) != config.socket_path("y" * 60)
+    config.check()
+    with pytest.raises(InputError, match="too long for the agent's sockets"):
+        AgentConfig("unix:/run/db.sock", Path("/" + "d" * 100)).check()
+
+
+def test_a_proxys_state_becomes_the_rows_status() -> None:
+    def row(state: ProxyState, detail: str = "") -> str:
+        return str(status_of(ProxyStatus("v1", state, detail)))
+
+    assert row(ProxyState.RUNNING) == "running"
+    assert row(ProxyState.REFUSED, "SET_FEATURES refused: VIRTIO_NET_F_HOST_TSO4") == \
+        "refused: SET_FEATURES refused: VIRTIO_NET_F_HOST_TSO4"
+    assert row(ProxyState.FAILED, "back-end unreachable") == "failed: back-end unreachable"
+    assert {row(state) for state in (ProxyState.WAITING, ProxyState.BACKEND_LOST,
+                                     ProxyState.STOPPED)} == {"waiting"}
