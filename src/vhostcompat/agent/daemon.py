@@ -11,7 +11,8 @@ then does it, one action at a time:
   listens on the agent's socket (``STATE_DIR/NAME.sock``) for OVS and
   connects to QEMU's socket as a client. In-process rather than a child
   ``vhostcompat proxy`` per interface: a mode starts in milliseconds (a
-  Python child needs ~0.2 s before it listens), the agent reads each
+  Python child took 0.4-1.2 s here before it listened, beyond the 100 ms
+  target), the agent reads each
   proxy's status directly to write it on the row, and one process serves
   many interfaces in a few MB. Isolation holds within the process: every
   peer byte is validated, each connection is its own task, and one broken
