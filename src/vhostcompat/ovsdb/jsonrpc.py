@@ -29,6 +29,7 @@ from typing import Any
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 CACHE_FROM_BYTES = 4096
+CACHE_UP_TO_BYTES = 256 * 1024  # a schema is 17 KB: bound what the cache may hold
 CACHE_ENTRIES = 4
 
 # One token per match: a whole (complete) string, a lone quote (a string
@@ -102,7 +103,7 @@ class MessageReader:
                 raise FramingError(f"message larger than {self.max_bytes} bytes")
             raw = bytes(self._buffer[:end])
             message = self._parse(raw)
-            if end >= CACHE_FROM_BYTES:
+            if CACHE_FROM_BYTES <= end <= CACHE_UP_TO_BYTES:
                 _remember(raw, message)
             messages.append(message)
             del self._buffer[:end]
