@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.backend_commands",
     "vhostcompat.cli.proxy_commands",
     "vhostcompat.cli.libvirt_commands",
+    "vhostcompat.cli.agent_command",
 )
 
 Handler = Callable[[argparse.Namespace], int]
