@@ -20,7 +20,7 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
   pinned version alternates between rounds so every round writes.
 
 Then ``targets`` over ``--targets`` hosts of published data built in
-memory (five publication patterns, as a real fleet has few; one of them
+memory (five publication patterns, as a real fleet has few; two of them
 cannot take the guest), from records
 to verdicts, no I/O: with equal profiles shared (as decoded once) and with
 every host its own copy.

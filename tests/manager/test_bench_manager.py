@@ -19,8 +19,9 @@ def test_a_tiny_run_measures_every_variant(capsys: pytest.CaptureFixture[str]) -
         for variant in ("manager", "ovs-vsctl"):
             assert 0 < fleet[f"{verb}/{variant}"]["min_s"] <= fleet[f"{verb}/{variant}"]["max_s"]
         assert fleet[f"{verb}/ratio"] > 0
-    # One publication pattern in five cannot take the guest.
-    assert {figures["compatible"] for figures in document["targets"].values()} == {8}
+    # Two publication patterns in five cannot take the guest (too few queue pairs, too
+    # few features).
+    assert {figures["compatible"] for figures in document["targets"].values()} == {6}
 
 
 def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
