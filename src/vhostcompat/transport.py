@@ -24,10 +24,13 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -99,6 +102,34 @@ class SocketPathError(TransportError, InputError):
 
 class FdTransferError(RemoteProtocolError):
     """The peer's ancillary data was unusable (too many fds, truncated)."""
+
+
+class PeerStalledError(RemoteProtocolError):
+    """The peer sent no message in time after connecting, or stopped mid-message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StallTimeouts:
+    """How long a peer may take (seconds; None: forever).
+
+    ``first_message``: from connecting to its first complete message (a
+    front-end speaks first: QEMU sends GET_FEATURES within milliseconds);
+    ``message``: from a message's first byte to its last. An idle peer
+    between messages is never timed out: a running VM sends nothing for days.
+    """
+
+    first_message: float | None = None
+    message: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("first_message", "message"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"{name.replace('_', ' ')} timeout must be a positive "
+                                 f"number of seconds, not {value}")
+
+
+DEFAULT_STALL_TIMEOUTS = StallTimeouts(first_message=10.0, message=5.0)
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -347,13 +378,75 @@ class Listener:
         await self.wait_closed()
 
 
+DEFAULT_SOCKET_MODE = 0o660
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketPermissions:
+    """Who may connect to a socket we listen on: its mode, and its group (a gid).
+
+    Connecting to a Unix socket needs write permission on it. The default,
+    0660, lets the owner and the socket's group in (the group is the
+    process's unless ``group`` says otherwise) and nobody else, whatever the
+    umask says.
+    """
+
+    mode: int = DEFAULT_SOCKET_MODE
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mode <= 0o777:
+            raise InputError(f"socket mode {self.mode:#o} is not a permission mode "
+                             "(0 to 0777)")
+
+
+def _bind_with_permissions(sock: socket.socket, where: str,
+                           permissions: SocketPermissions) -> None:
+    """Bind ``sock`` to ``where`` with exactly ``permissions``, never anything wider.
+
+    The socket is bound in a fresh private directory (mode 0700) beside
+    ``where``, given its mode and group there, and renamed into place: no
+    one can connect before its permissions are right, and the umask plays
+    no part.
+    """
+    directory = os.path.dirname(where) or "."
+    if len(os.fsencode(os.path.join(directory, ".vXXXXXXXX/s"))) > MAX_SOCKET_PATH:
+        # No room for the staging name: bind in place with every permission
+        # masked (only root can connect), then open it up to the mode.
+        previous = os.umask(0o777)
+        try:
+            sock.bind(where)
+        finally:
+            os.umask(previous)
+        _apply_permissions(where, permissions)
+        return
+    private = tempfile.mkdtemp(prefix=".v", dir=directory)
+    staged = os.path.join(private, "s")
+    try:
+        sock.bind(staged)
+        _apply_permissions(staged, permissions)
+        os.rename(staged, where)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+
+
+def _apply_permissions(path: str, permissions: SocketPermissions) -> None:
+    if permissions.group is not None:
+        os.chown(path, -1, permissions.group)
+    os.chmod(path, permissions.mode)
+
+
 async def listen(path: str | os.PathLike[str], on_connection: Handler, *,
-                 backlog: int = 16) -> Listener:
-    """Listen on a Unix socket path (the server role).
+                 backlog: int = 16, permissions: SocketPermissions | None = None) -> Listener:
+    """Listen on a Unix socket path (the server role), with ``permissions``.
 
     A stale socket file is replaced; a regular file, a symlink, a socket
     someone listens on or a path over the length limit is refused with
-    :class:`SocketPathError`.
+    :class:`SocketPathError`. The socket gets ``permissions`` (default:
+    :class:`SocketPermissions`'s 0660) whatever the umask.
     """
     where = os.fspath(path)
     _check_path_length(where)
@@ -361,7 +454,7 @@ async def listen(path: str | os.PathLike[str], on_connection: Handler, *,
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.bind(where)
+        _bind_with_permissions(sock, where, permissions or SocketPermissions())
         sock.listen(backlog)
     except OSError as error:
         sock.close()
@@ -422,13 +515,30 @@ class MessageConnection:
     receives front-end requests and sends replies.
     """
 
-    def __init__(self, connection: FdConnection, channel: Channel, role: Role) -> None:
+    def __init__(self, connection: FdConnection, channel: Channel, role: Role, *,
+                 timeouts: StallTimeouts | None = None) -> None:
         self.connection = connection
         self.channel = channel
         self.role = role
         self.decoder = Decoder(channel, sender=role.peer)
         self._eof = False
         self.log: Log = connection.log
+        self.timeouts = timeouts or StallTimeouts()
+        self.received = 0
+        loop = asyncio.get_running_loop()
+        self._time = loop.time
+        first = self.timeouts.first_message
+        self._first_deadline = None if first is None else loop.time() + first
+        self._message_deadline: float | None = None
+
+    @property
+    def stall_deadline(self) -> float | None:
+        """The loop time at which the peer is cut off for stalling, if it is running late."""
+        if self.received == 0 and self._first_deadline is not None:
+            if self._message_deadline is None:
+                return self._first_deadline
+            return min(self._first_deadline, self._message_deadline)
+        return self._message_deadline
 
     async def recv_message(self) -> Message | None:
         """The next message from the peer, or None once the peer closed cleanly.
@@ -440,13 +550,18 @@ class MessageConnection:
         while True:
             message = self.decoder.next_message()
             if message is not None:
+                self.received += 1
+                self._message_deadline = None  # the next message gets its own time
                 if self.log.isEnabledFor(logging.DEBUG):
                     self.log.debug("<-- %s", message)
                 return message
             if self._eof:
                 return None
+            if self.decoder.buffered and self._message_deadline is None \
+                    and self.timeouts.message is not None:
+                self._message_deadline = self._time() + self.timeouts.message
             try:
-                data, fds = await self.connection.recv()
+                data, fds = await self._recv_before(self.stall_deadline)
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
                 self.decoder.close()
@@ -456,6 +571,23 @@ class MessageConnection:
                 self.decoder.end_of_stream()
                 return None
             self.decoder.feed(data, fds)
+
+    async def _recv_before(self, deadline: float | None) -> tuple[bytes, list[int]]:
+        if deadline is None:
+            return await self.connection.recv()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.connection.recv()
+        except TimeoutError:
+            raise self._stalled() from None
+
+    def _stalled(self) -> PeerStalledError:
+        if self.decoder.buffered:
+            return PeerStalledError(
+                f"stalled in the middle of a message ({self.decoder.buffered} bytes "
+                f"received, nothing more for {self.timeouts.message:g} s); closing")
+        return PeerStalledError(f"sent no message within {self.timeouts.first_message:g} s "
+                                "of connecting; closing")
 
     async def send_message(self, message: Message) -> None:
         """Encode and send ``message``; its fds stay the caller's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import mmap
 import os
 import struct
@@ -96,8 +97,7 @@ class FakeGuest:
 
     def __init__(self, size: int = GUEST_SIZE) -> None:
         self.size = size
-        self.fd = os.memfd_create("fake-guest", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
+        self.fd = memfd(size, "fake-guest")
         self.memory = mmap.mmap(self.fd, size)
 
     def region(self, size: int | None = None, guest: int = GUEST_BASE, user: int = USER_BASE,
@@ -147,9 +147,12 @@ class FakeGuest:
         os.close(self.fd)
 
 
-def memfd(size: int, name: str = "test") -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+def memfd(size: int, name: str = "test", *, seal: bool = True) -> int:
+    """A memfd of ``size`` bytes, sealed against shrinking as QEMU's are (unless told not)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if seal:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
 

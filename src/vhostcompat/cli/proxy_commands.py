@@ -27,9 +27,12 @@ from vhostcompat.cli.common import (
     Subparsers,
     add_catalog_option,
     add_command,
+    add_listening_options,
     catalog_from,
     emit_report,
     run,
+    socket_permissions_from,
+    stall_timeouts_from,
 )
 from vhostcompat.errors import HostError, InputError
 from vhostcompat.profiles import CompatProfile
@@ -86,7 +89,9 @@ async def _serve(args: argparse.Namespace) -> int:
     frontend = Endpoint.parse(args.frontend, SocketRole.SERVER)
     backend = Endpoint.parse(args.backend, SocketRole.CLIENT)
     options = ProxyOptions(reply_timeout=args.reply_timeout,
-                           backend_timeout=args.backend_timeout)
+                           backend_timeout=args.backend_timeout,
+                           timeouts=stall_timeouts_from(args),
+                           permissions=socket_permissions_from(args))
     sinks: list[StatusSink] = []
     if args.status_file is not None:
         sinks.append(StatusFile(args.status_file))
@@ -161,6 +166,7 @@ def register(subparsers: Subparsers) -> None:
                         metavar="SECONDS",
                         help=f"how long to wait for the back-end once a front-end connected "
                              f"(default {BACKEND_TIMEOUT:g})")
+    add_listening_options(parser)
 
     parser = add_command(
         subparsers, "proxy-status", proxy_status,

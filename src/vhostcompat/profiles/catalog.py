@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from vhostcompat.errors import CatalogError, InputError, UnknownVersionError
+from vhostcompat.files import FileInputError, read_text
 from vhostcompat.profiles.model import (
     CompatProfile,
     KeyValueError,
@@ -110,6 +111,11 @@ def parse_catalog_text(text: str, source: str) -> list[CatalogEntry]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise CatalogError(source, f"malformed TOML: {error}") from error
+    except ValueError as error:  # an integer beyond Python's digits limit
+        raise CatalogError(source, f"unusable TOML: {error}") from error
+    except RecursionError:
+        raise CatalogError(source, "unusable TOML: arrays or tables nested too "
+                                   "deeply") from None
     for key in document:
         if key not in TOP_LEVEL_KEYS:
             raise CatalogError(source, "unknown top-level key (expected [[profile]] entries "
@@ -147,17 +153,24 @@ def parse_catalog_text(text: str, source: str) -> list[CatalogEntry]:
 
 def _read_file(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise CatalogError(str(path), f"not UTF-8 text ({error.reason})") from error
+        return read_text(path)
+    except FileInputError as error:
+        raise CatalogError(str(path), error.reason) from error
+
+
+def _toml_files(directory: Path) -> list[Path]:
+    """The ``*.toml`` regular files of a catalog directory, by name."""
+    try:
+        return sorted(child for child in directory.iterdir()
+                      if child.suffix == ".toml" and child.is_file())
     except OSError as error:
-        raise CatalogError(str(path), error.strerror or str(error)) from error
+        raise CatalogError(str(directory), f"cannot list the directory: "
+                                           f"{error.strerror or error}") from error
 
 
 def _catalog_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(child for child in path.iterdir()
-                       if child.suffix == ".toml" and child.is_file())
+        files = _toml_files(path)
         if not files:
             raise CatalogError(str(path), "directory holds no *.toml catalog files")
         return files
@@ -214,8 +227,7 @@ def load_default_catalog() -> Catalog:
     groups = shipped_catalog_entries()
     system = system_catalog_dir()
     if system.is_dir():
-        for file in sorted(child for child in system.iterdir()
-                           if child.suffix == ".toml" and child.is_file()):
+        for file in _toml_files(system):
             groups.append(parse_catalog_text(_read_file(file), str(file)))
     return merge_entries(groups)
 

@@ -48,13 +48,20 @@ from vhostcompat.proxy.policy import (
     Refusal,
     negotiated_from,
 )
-from vhostcompat.transport import ConnectionLog, FdConnection, MessageConnection, TransportError
+from vhostcompat.transport import (
+    ConnectionLog,
+    FdConnection,
+    MessageConnection,
+    StallTimeouts,
+    TransportError,
+)
 from vhostcompat.vhostuser import (
     U64,
     Channel,
     FrontendRequest,
     Message,
     RemoteMessageError,
+    Request,
     Role,
     Session,
     close_fds,
@@ -150,15 +157,19 @@ class Relay:
 
     def __init__(self, policy: ProxyPolicy, frontend: FdConnection, backend: FdConnection, *,
                  reply_timeout: float = REPLY_TIMEOUT, observer: RelayObserver | None = None,
-                 name: str = "relay") -> None:
+                 name: str = "relay", timeouts: StallTimeouts | None = None) -> None:
         self.policy = policy
         self.reply_timeout = reply_timeout
         self.observer: RelayObserver = observer or _NullObserver()
         # One logger for every relay, the connection named in each line: a
         # child logger per connection would stay registered forever.
         self.log = ConnectionLog(_log, name)
-        self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND)
-        self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND)
+        timeouts = timeouts or StallTimeouts()
+        self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND,
+                                           timeouts=timeouts)
+        # The back-end only answers: a reply it owes has reply_timeout.
+        self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND,
+                                          timeouts=StallTimeouts(message=timeouts.message))
         # The front-end sees us as its back-end, in the mode's limits; the
         # back-end sees us as its front-end.
         self.frontend_session = Session(Role.BACKEND, limits=policy.session_limits())
@@ -169,6 +180,12 @@ class Relay:
         self._ended: asyncio.Future[RelayResult] | None = None
         self.messages = 0
         self.offers: dict[FrontendRequest, Offer] = {}
+        self._requests_seen: set[Request] = set()
+
+    @property
+    def frontend_stall_deadline(self) -> float | None:
+        """When the front-end is cut off for stalling, if it is stalling now (loop time)."""
+        return self._frontend.stall_deadline
 
     # -- running ---------------------------------------------------------------------
 
@@ -247,24 +264,30 @@ class Relay:
             if message is None:
                 self._closed_by_frontend()
             self.messages += 1
+            self._requests_seen.add(message.request)
             await self._forward_request(message)
 
     def _closed_by_frontend(self) -> NoReturn:
-        queue_offer = self.offers.get(FrontendRequest.GET_QUEUE_NUM)
         session = self.frontend_session
+        if session.acked_features is not None or session.started_rings():
+            _end(RelayOutcome.FRONTEND_CLOSED)
+        queue_offer = self.offers.get(FrontendRequest.GET_QUEUE_NUM)
         if (queue_offer is not None and queue_offer.offered < queue_offer.backend
-                and session.acked_features is None and not session.started_rings()):
-            # QEMU gives up during its start-up (before any SET_FEATURES)
-            # when it wants more queue pairs than GET_QUEUE_NUM allowed, and
-            # retries at once: that is the mode refusing the interface, so
-            # say which limit it was.
+                and FrontendRequest.SET_VRING_ENABLE not in self._requests_seen):
+            # QEMU gives up in its netdev set-up, when it wants more queue
+            # pairs than GET_QUEUE_NUM allowed: after the first pair's
+            # SET_OWNER .. SET_VRING_ERR, before the device's first
+            # SET_VRING_ENABLE (and it retries at once). That is the mode
+            # refusing the interface, so say which limit it was. A QEMU that
+            # got that far and closes later (a destination whose incoming
+            # migration failed to load) is not a refusal.
             self._refuse(Refusal(
                 FrontendRequest.GET_QUEUE_NUM,
                 f"the front-end closed the connection after GET_QUEUE_NUM was answered "
-                f"{queue_offer.offered}: it asks for more queue pairs than max_queue_pairs "
-                f"{self.policy.profile.max_queue_pairs} of mode {self.policy.version} (the "
-                f"back-end offers {queue_offer.backend})"))
-        _end(RelayOutcome.FRONTEND_CLOSED)
+                f"{queue_offer.offered}, before enabling any ring: it asks for more queue "
+                f"pairs than max_queue_pairs {self.policy.profile.max_queue_pairs} of mode "
+                f"{self.policy.version} (the back-end offers {queue_offer.backend})"))
+        _end(RelayOutcome.FRONTEND_CLOSED, "during start-up (before the device started)")
 
     def _refuse(self, refusal: Refusal) -> NoReturn:
         self.log.error("%s", refusal)

@@ -20,9 +20,11 @@ Then:
 * the front-end went: the back-end connection is closed cleanly, and the
   proxy waits for the next front-end.
 
-One relay runs at a time: a second front-end connecting meanwhile is refused
-with an ERROR line. Paths that are symbolic links, or exist and are not
-sockets, are refused on either side.
+One relay runs at a time: a second front-end connecting meanwhile waits a
+moment for the relay to end (longer while that relay's front-end stalls,
+until the stall timeouts cut it off), then is refused with an ERROR line.
+Paths that are symbolic links, or exist and are not sockets, are refused on
+either side.
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ from vhostcompat.proxy.policy import ProxyPolicy
 from vhostcompat.proxy.relay import REPLY_TIMEOUT, Relay, RelayOutcome, RelayResult
 from vhostcompat.proxy.status import ProxyState, StatusBoard
 from vhostcompat.transport import (
+    DEFAULT_STALL_TIMEOUTS,
     MAX_SOCKET_PATH,
     ConnectError,
     FdConnection,
     Listener,
     SocketPathError,
+    SocketPermissions,
+    StallTimeouts,
     connect,
     listen,
 )
@@ -63,6 +68,9 @@ RETRY_BACKOFF = 0.05
 RETRY_MAX_BACKOFF = 1.0
 SHORT_RELAY = 1.0
 TAKEOVER_TIMEOUT = 1.0
+DEFAULT_PERMISSIONS = SocketPermissions()
+# How long after a stalling relay's cut-off a waiting front-end still waits.
+STALL_GRACE = 0.5
 MAX_RESULTS = 100
 
 
@@ -126,8 +134,13 @@ class ProxyOptions:
     short_relay: float = SHORT_RELAY
     retry_backoff: float = RETRY_BACKOFF
     max_backoff: float = RETRY_MAX_BACKOFF
-    # How long a new front-end connection waits for the previous relay to end.
+    # How long a new front-end connection waits for the previous relay to end
+    # (longer while that relay's front-end is stalling: until it is cut off).
     takeover_timeout: float = TAKEOVER_TIMEOUT
+    # How long a front-end may take to send its first message, or any one message.
+    timeouts: StallTimeouts = DEFAULT_STALL_TIMEOUTS
+    # The permissions of the sockets the proxy listens on.
+    permissions: SocketPermissions = DEFAULT_PERMISSIONS
 
     def __post_init__(self) -> None:
         for name in ("reply_timeout", "backend_timeout"):
@@ -185,9 +198,11 @@ class ProxyServer:
         self.backend.check()
         try:
             if self.backend.role is SocketRole.SERVER:
-                self._listeners.append(await listen(self.backend.path, self._backend_arrived))
+                self._listeners.append(await listen(self.backend.path, self._backend_arrived,
+                                                    permissions=self.options.permissions))
             if self.frontend.role is SocketRole.SERVER:
-                self._listeners.append(await listen(self.frontend.path, self._serve_frontend))
+                self._listeners.append(await listen(self.frontend.path, self._serve_frontend,
+                                                    permissions=self.options.permissions))
             else:
                 self._client_loop = asyncio.create_task(self._frontend_client_loop(),
                                                         name=f"{self.name} front-end client")
@@ -280,7 +295,7 @@ class ProxyServer:
             self.board.set_state(ProxyState.NEGOTIATING)
             relay = Relay(self.policy, frontend, backend,
                           reply_timeout=self.options.reply_timeout, observer=self.board,
-                          name=f"{self.name} #{number}")
+                          name=f"{self.name} #{number}", timeouts=self.options.timeouts)
             self._active = relay
             self.log.info("connection %d: relaying %s <-> %s", number, self.frontend.path,
                           self.backend.path)
@@ -305,18 +320,24 @@ class ProxyServer:
         A front-end that reconnects (QEMU retrying a failed start) can be
         accepted before the relay of its previous connection has seen that
         one close: give that relay a moment to end rather than refusing.
+        While the relay's own front-end is stalling (no first message yet,
+        or stopped mid-message), wait until it is cut off for it: a peer
+        that connects and stops never locks QEMU out for longer than the
+        stall timeouts.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.takeover_timeout
         while self._busy:
+            active = self._active
+            stall = None if active is None else active.frontend_stall_deadline
+            if stall is not None:
+                deadline = max(deadline, stall + STALL_GRACE)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            try:
-                async with asyncio.timeout(remaining):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, STALL_GRACE)):
                     await self._idle.wait()
-            except TimeoutError:
-                return False
         return True
 
     def _record(self, result: RelayResult, state: ProxyState | None) -> None:

@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 
 from vhostcompat.errors import InputError
 from vhostcompat.features import Flag, ProtocolFeature, VirtioFeature, names
+from vhostcompat.files import FileInputError, read_text, write_atomically
 from vhostcompat.hoststore import open_host
 from vhostcompat.profiles import NegotiatedState
 from vhostcompat.proxy.policy import Negotiated, Offer, Refusal
@@ -277,18 +278,25 @@ class _Reader:
 def read_status_file(path: str | os.PathLike[str]) -> ProxyStatus:
     """The status a proxy wrote with ``--status-file``."""
     where = os.fspath(path)
-    try:
-        text = Path(where).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(where):
         raise StatusFileError(where, "no such file (is the proxy running with "
-                                     "--status-file?)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise StatusFileError(where, f"cannot read: {error}") from None
+                                     "--status-file?)")
+    try:
+        text = read_text(where)
+    except FileInputError as error:
+        raise StatusFileError(where, error.reason) from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise StatusFileError(where, f"not JSON ({error.msg})") from None
-    return ProxyStatus.from_json(document, where)
+    except ValueError as error:  # a number beyond Python's integer digits limit
+        raise StatusFileError(where, f"not usable JSON ({error})") from None
+    except RecursionError:
+        raise StatusFileError(where, "JSON nested too deeply") from None
+    try:
+        return ProxyStatus.from_json(document, where)
+    except (ValueError, OverflowError) as error:
+        raise StatusFileError(where, f"a value out of range ({error})") from None
 
 
 class StatusSink(Protocol):
@@ -305,14 +313,7 @@ class StatusFile:
 
     async def publish(self, status: ProxyStatus) -> None:
         data = json.dumps(status.to_json(), indent=2) + "\n"
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_text(data, encoding="utf-8")
-            os.replace(temporary, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
+        write_atomically(self.path, data.encode("utf-8"))
 
 
 class HostStoreSink:
