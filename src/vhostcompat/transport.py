@@ -527,8 +527,10 @@ class MessageConnection:
         self.received = 0
         loop = asyncio.get_running_loop()
         self._time = loop.time
+        self._connected_at = loop.time()
         first = self.timeouts.first_message
-        self._first_deadline = None if first is None else loop.time() + first
+        self._first_deadline = None if first is None else self._connected_at + first
+        self._message_started: float | None = None
         self._message_deadline: float | None = None
 
     @property
@@ -539,6 +541,16 @@ class MessageConnection:
                 return self._first_deadline
             return min(self._first_deadline, self._message_deadline)
         return self._message_deadline
+
+    def stalling_for(self) -> float:
+        """Seconds the peer has owed us the rest of a message (or its first one); 0 if none."""
+        if self.received == 0:
+            since: float | None = self._connected_at
+        elif self.decoder.buffered:
+            since = self._message_started
+        else:
+            since = None
+        return 0.0 if since is None else self._time() - since
 
     async def recv_message(self) -> Message | None:
         """The next message from the peer, or None once the peer closed cleanly.
@@ -551,15 +563,17 @@ class MessageConnection:
             message = self.decoder.next_message()
             if message is not None:
                 self.received += 1
-                self._message_deadline = None  # the next message gets its own time
+                # The next message gets its own time.
+                self._message_started = self._message_deadline = None
                 if self.log.isEnabledFor(logging.DEBUG):
                     self.log.debug("<-- %s", message)
                 return message
             if self._eof:
                 return None
-            if self.decoder.buffered and self._message_deadline is None \
-                    and self.timeouts.message is not None:
-                self._message_deadline = self._time() + self.timeouts.message
+            if self.decoder.buffered and self._message_started is None:
+                self._message_started = self._time()
+                if self.timeouts.message is not None:
+                    self._message_deadline = self._message_started + self.timeouts.message
             try:
                 data, fds = await self._recv_before(self.stall_deadline)
             except VhostCompatError:

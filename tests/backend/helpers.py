@@ -95,9 +95,9 @@ class RingPlace:
 class FakeGuest:
     """Guest RAM in a memfd, mapped here too so tests can play the driver."""
 
-    def __init__(self, size: int = GUEST_SIZE) -> None:
+    def __init__(self, size: int = GUEST_SIZE, *, seal: bool = True) -> None:
         self.size = size
-        self.fd = memfd(size, "fake-guest")
+        self.fd = memfd(size, "fake-guest", seal=seal)
         self.memory = mmap.mmap(self.fd, size)
 
     def region(self, size: int | None = None, guest: int = GUEST_BASE, user: int = USER_BASE,

@@ -174,6 +174,7 @@ class Virtqueue:
             raise self.broken from None
 
     def close(self) -> None:
+        self.cancel_drain()
         self._unwatch()
         for fd in (self.kick_fd, self.call_fd, self.err_fd):
             _close(fd)

@@ -81,6 +81,8 @@ class ProxyConfig:
     reply_timeout: float | None = None
     backend_timeout: float | None = None
     debug: bool = False
+    options: tuple[str, ...] = ()
+    """More command-line options, as given (timeouts, socket permissions...)."""
 
 
 def proxy_argv(config: ProxyConfig) -> list[str]:
@@ -92,7 +94,7 @@ def proxy_argv(config: ProxyConfig) -> list[str]:
         argv += ["--reply-timeout", f"{config.reply_timeout:g}"]
     if config.backend_timeout is not None:
         argv += ["--backend-timeout", f"{config.backend_timeout:g}"]
-    return argv
+    return argv + list(config.options)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ followed by the system directory ``/etc/vhostcompat/catalog.d`` when it exists
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -169,13 +170,17 @@ def _toml_files(directory: Path) -> list[Path]:
 
 
 def _catalog_files(path: Path) -> list[Path]:
-    if path.is_dir():
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise CatalogError(str(path), "no such catalog file or directory") from None
+    except OSError as error:
+        raise CatalogError(str(path), f"cannot be examined: {error.strerror or error}") from None
+    if stat.S_ISDIR(status.st_mode):
         files = _toml_files(path)
         if not files:
             raise CatalogError(str(path), "directory holds no *.toml catalog files")
         return files
-    if not path.exists():
-        raise CatalogError(str(path), "no such catalog file or directory")
     return [path]
 
 
@@ -226,7 +231,12 @@ def load_default_catalog() -> Catalog:
     """The shipped catalogs, then the system directory's files if it exists."""
     groups = shipped_catalog_entries()
     system = system_catalog_dir()
-    if system.is_dir():
+    try:
+        is_directory = system.is_dir()
+    except OSError as error:
+        raise CatalogError(str(system), f"cannot be examined: "
+                                        f"{error.strerror or error}") from None
+    if is_directory:
         for file in _toml_files(system):
             groups.append(parse_catalog_text(_read_file(file), str(file)))
     return merge_entries(groups)

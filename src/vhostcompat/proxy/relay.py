@@ -182,10 +182,14 @@ class Relay:
         self.offers: dict[FrontendRequest, Offer] = {}
         self._requests_seen: set[Request] = set()
 
-    @property
-    def frontend_stall_deadline(self) -> float | None:
-        """When the front-end is cut off for stalling, if it is stalling now (loop time)."""
-        return self._frontend.stall_deadline
+    def frontend_stalling(self, at_least: float) -> bool:
+        """Whether the front-end has been stalling for ``at_least`` seconds: no first
+        message since the relay started, or a message begun and not finished."""
+        return self._frontend.stalling_for() >= at_least
+
+    def preempt(self, detail: str) -> None:
+        """End the relay now (another front-end takes over); its result says why."""
+        self._finish(RelayResult(RelayOutcome.FRONTEND_ERROR, detail))
 
     # -- running ---------------------------------------------------------------------
 

@@ -69,8 +69,11 @@ RETRY_MAX_BACKOFF = 1.0
 SHORT_RELAY = 1.0
 TAKEOVER_TIMEOUT = 1.0
 DEFAULT_PERMISSIONS = SocketPermissions()
-# How long after a stalling relay's cut-off a waiting front-end still waits.
-STALL_GRACE = 0.5
+# A relay whose front-end has stalled this long (seconds) gives way to a new
+# front-end connection: QEMU sends its first message within milliseconds.
+PREEMPT_AFTER = 0.25
+# How often a waiting front-end connection looks at the relay in its way.
+TURN_POLL = 0.05
 MAX_RESULTS = 100
 
 
@@ -180,6 +183,7 @@ class ProxyServer:
         self._spare_arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting: asyncio.Future[None] | None = None
         self._backoff = 0.0
 
     @property
@@ -266,8 +270,9 @@ class ProxyServer:
 
     async def _serve_frontend(self, frontend: FdConnection) -> None:
         """Relay one front-end connection (closed on return)."""
-        if not await self._wait_for_turn():
-            self.log.error("a second front-end connected while one is relayed; closing it")
+        refused = await self._wait_for_turn()
+        if refused is not None:
+            self.log.error("a second front-end connected; closing it: %s", refused)
             frontend.close()
             return
         self._busy = True
@@ -314,31 +319,49 @@ class ProxyServer:
                 release()
             frontend.close()
 
-    async def _wait_for_turn(self) -> bool:
-        """Whether this new front-end connection may be relayed now.
+    async def _wait_for_turn(self) -> str | None:
+        """None when this new front-end connection may be relayed now, else why not.
 
         A front-end that reconnects (QEMU retrying a failed start) can be
         accepted before the relay of its previous connection has seen that
         one close: give that relay a moment to end rather than refusing.
-        While the relay's own front-end is stalling (no first message yet,
-        or stopped mid-message), wait until it is cut off for it: a peer
-        that connects and stops never locks QEMU out for longer than the
-        stall timeouts.
+        Stalled peers never stand in QEMU's way: a relay whose front-end
+        has been stalling (no first message yet, or stopped mid-message)
+        for :data:`PREEMPT_AFTER` seconds is ended for the newcomer, and
+        only the newest waiting connection waits (an older one is closed),
+        so a pile of stalled connections delays QEMU's reconnect by one
+        stall at most.
         """
+        if not self._busy:
+            return None
         loop = asyncio.get_running_loop()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)  # replaced by this newer connection
+        displaced: asyncio.Future[None] = loop.create_future()
+        self._waiting = displaced
         deadline = loop.time() + self.options.takeover_timeout
-        while self._busy:
-            active = self._active
-            stall = None if active is None else active.frontend_stall_deadline
-            if stall is not None:
-                deadline = max(deadline, stall + STALL_GRACE)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, STALL_GRACE)):
-                    await self._idle.wait()
-        return True
+        try:
+            while self._busy:
+                if displaced.done():
+                    return "a newer front-end connection replaced it while it waited"
+                active = self._active
+                if active is not None and active.frontend_stalling(PREEMPT_AFTER):
+                    self.log.warning("the front-end being relayed stalls; a new front-end "
+                                     "connection takes over")
+                    active.preempt("a new front-end connection took over while this one "
+                                   "stalled")
+                    deadline = max(deadline, loop.time() + self.options.takeover_timeout)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return "a front-end is being relayed (one relay at a time)"
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, TURN_POLL)):
+                        await self._idle.wait()
+            return None if not displaced.done() else \
+                "a newer front-end connection replaced it while it waited"
+        finally:
+            if self._waiting is displaced:
+                self._waiting = None
 
     def _record(self, result: RelayResult, state: ProxyState | None) -> None:
         self.results.append(result)
