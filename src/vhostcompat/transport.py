@@ -25,6 +25,7 @@ import array
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -467,7 +468,8 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
                   name: str = "") -> FdConnection:
     """Connect to a Unix socket path (the client role).
 
-    While nobody listens (no socket yet, or connection refused) retry for up
+    While nobody listens (no socket yet, connection refused, or a backlog
+    full: asyncio would report that as connected, see _check_connected) retry for up
     to ``retry_for`` seconds, waiting ``backoff`` seconds after the first
     failure and doubling up to ``max_backoff``; then raise
     :class:`ConnectError`. A path that exists but is not a socket is refused
@@ -488,7 +490,8 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, where)
-        except (FileNotFoundError, ConnectionRefusedError) as error:
+            _check_connected(sock)
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as error:
             sock.close()
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -505,6 +508,21 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
             sock.close()
             raise
         return FdConnection(sock, name=name)
+
+
+def _check_connected(sock: socket.socket) -> None:
+    """Raise BlockingIOError unless ``sock`` really is connected.
+
+    A non-blocking connect to a Unix socket whose backlog is full fails with
+    EAGAIN, and asyncio then reports success once the socket is writable
+    although it never connected: treat it as "try again".
+    """
+    try:
+        sock.getpeername()
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise BlockingIOError(errno.EAGAIN, "the listener's backlog is full") from None
+        raise
 
 
 class MessageConnection:

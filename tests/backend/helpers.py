@@ -166,8 +166,8 @@ class Frontend:
         self.messages = MessageConnection(connection, Channel.FRONTEND, Role.FRONTEND)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> Frontend:
-        return cls(await connect(path, name="test-frontend"))
+    async def open(cls, path: str | os.PathLike[str], retry_for: float = 0.0) -> Frontend:
+        return cls(await connect(path, name="test-frontend", retry_for=retry_for))
 
     async def send(self, request: FrontendRequest, payload: Payload = EMPTY,
                    fds: Sequence[int] = (), *, need_reply: bool = False) -> None:

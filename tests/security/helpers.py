@@ -72,7 +72,8 @@ async def reference_backend(run_dir: Path, options: Sequence[str] = BACKEND_OPTI
 async def served(path: Path, process: ChildProcess) -> int:
     """Ask GET_FEATURES on a fresh connection; the answer (the peer still serves)."""
     process.ensure_running("serving another connection")
-    frontend = await Frontend.open(path)
+    # Retried while the listener's backlog is full of attackers.
+    frontend = await Frontend.open(path, retry_for=TIMEOUT)
     try:
         reply = await frontend.ask(R.GET_FEATURES)
     finally:

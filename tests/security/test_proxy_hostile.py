@@ -102,7 +102,7 @@ def test_200_hostile_connections_leave_the_proxy_serving_with_stable_fds_and_mem
                     sock.connect(str(path))
                     sock.sendall(b"\xff" * 12)  # an unknown request
                 await asyncio.sleep(0)
-            qemu = await Frontend.open(path)
+            qemu = await Frontend.open(path, retry_for=WAIT)  # the backlog may be full
             assert await qemu_start_up(qemu) == 1
             qemu.close()
             # The proxy let go of every stalled connection itself.
