@@ -22,6 +22,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from vhostcompat import __version__
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except Exception as error:  # the boundary: never a traceback unless asked for
         if args.verbose:
-            logging.getLogger("vhostcompat").exception("internal error")
+            traceback.print_exc(file=sys.stderr)
         detail = _one_line(str(error)) or "(no detail)"
         print(f"vhostcompat: internal error: {type(error).__name__}: {detail}"
               + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
