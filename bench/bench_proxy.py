@@ -16,6 +16,22 @@ proxied set-up so that drift of the machine hits both alike:
   :class:`~vhostcompat.proxy.Relay` in the same event loop (each round trip
   is two messages through the proxy).
 
+End-to-end figures on a shared 2-core machine under TCG move by tens of
+milliseconds between runs, so the proxy's own cost is also measured where
+noise cannot hide it:
+
+* **per message**: every proxy child writes the relay time of each message
+  it relayed (``--stats-file``: received from one socket to forwarded on the
+  other, :mod:`vhostcompat.proxy.timings`); p50 and p99 in microseconds by
+  request and direction, over every proxied start and migration of the run
+  (target: p50 at most 50 us);
+* **per migration**: the relay time of the messages the two proxies relayed
+  while the VM was stopped, between the source's QMP ``STOP`` event and the
+  destination's ``RESUME`` (target: at most 1 ms per interface).
+
+The end-to-end ratios come with a 95 % bootstrap confidence interval
+(resampling each variant's samples).
+
     python -m bench.bench_proxy [--repeat 10] [--json]
 """
 
@@ -23,15 +39,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
+import random
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from qemu.qmp import EventListener
 
 from bench.bench_start import PHASES, Sample, compare, dpdk_testpmd_backend, summarise
 from bench.common import (
@@ -49,6 +70,8 @@ from vhostcompat.lab.commands import ProxyMode
 from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 from vhostcompat.profiles import CompatProfile
 from vhostcompat.proxy import ProxyPolicy, Relay
+from vhostcompat.proxy.timings import RelayTimings, Timing, percentile, timings_from_json
+from vhostcompat.proxy.timings import summarise as summarise_timings
 from vhostcompat.transport import FdConnection, MessageConnection
 from vhostcompat.vhostuser import U64, Channel, FrontendRequest, Message, Role, make_reply
 
@@ -58,6 +81,7 @@ MODE = "debian12.dpdk-vhost.v22.11"
 VHOST_TIMEOUT = 10.0
 SAMPLE_TIMEOUT = 60.0
 CONTROL_SECONDS = 2.0
+BOOTSTRAP_RESAMPLES = 2000
 DIRECT, PROXIED = "direct", "proxy"
 
 
@@ -70,8 +94,34 @@ START_BACKENDS: dict[str, BenchBackend] = {
 
 # -- migration downtime ------------------------------------------------------------------
 
-async def migrate_once(proxied: bool) -> dict[str, Any]:
-    """One migration between two fresh hosts; QEMU's final query-migrate answer."""
+def _event_ns(listener: EventListener, name: str) -> int:
+    """CLOCK_REALTIME ns of the first ``name`` event a listener saw."""
+    for event in listener.history:
+        stamp = event.get("timestamp")
+        if event.get("event") == name and isinstance(stamp, dict):
+            return int(stamp["seconds"]) * 1_000_000_000 + int(stamp["microseconds"]) * 1000
+    raise InputError(f"QEMU sent no {name} event during the migration")
+
+
+def _read_stats(path: Path) -> tuple[list[Timing], int]:
+    try:
+        return timings_from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
+        raise InputError(f"proxy stats {path}: {error}") from None
+
+
+def stopped_share(timings: Sequence[Timing], offset_ns: int,
+                  window: tuple[int, int]) -> dict[str, float]:
+    """Relay time (us) and count of the messages received while the VM was stopped."""
+    stop, resume = window
+    inside = [timing for timing in timings
+              if stop <= timing.received_ns + offset_ns <= resume]
+    return {"relay_us": round(sum(timing.relay_us for timing in inside), 1),
+            "messages": len(inside)}
+
+
+async def migrate_once(proxied: bool) -> MigrationSample:
+    """One migration between two fresh hosts: QEMU's figures and, proxied, the proxies'."""
     run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
     uri = f"unix:{run_dir / 'migration.sock'}"
     mode = ProxyMode(MODE) if proxied else None
@@ -81,22 +131,48 @@ async def migrate_once(proxied: bool) -> dict[str, Any]:
                 destination_proxy=mode) as (a, b):
             await a.qemu.driver().initialise()
             await qmp.wait_for_vhost_started(a.qemu, VHOST_TIMEOUT)
-            result = await qmp.migrate(a.qemu, b.qemu, uri)
+            with a.qemu.qmp.listener("STOP") as stops, b.qemu.qmp.listener("RESUME") as resumes:
+                result = await qmp.migrate(a.qemu, b.qemu, uri)
+                await qmp.wait_for_vhost_started(b.qemu, VHOST_TIMEOUT)
+                window = (_event_ns(stops, "STOP"), _event_ns(resumes, "RESUME"))
+        # The hosts are gone: the proxies wrote their stats as they exited.
         if result.get("status") != "completed":
             raise InputError(f"migration {'through the proxy' if proxied else 'direct'} "
                              f"ended {result.get('status')!r}")
-        return result
+        sample = MigrationSample(int(result["downtime"]), int(result["total-time"]))
+        if proxied:
+            for side, host_name in (("source", "a"), ("destination", "b")):
+                timings, offset = _read_stats(run_dir / f"{host_name}-proxy.stats.json")
+                sample.relayed.extend(timings)
+                sample.stopped[side] = stopped_share(timings, offset, window)
+        return sample
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def measure_migrations(repeat: int) -> dict[str, list[dict[str, int]]]:
-    samples: dict[str, list[dict[str, int]]] = {DIRECT: [], PROXIED: []}
+@dataclasses.dataclass
+class MigrationSample:
+    """One migration: QEMU's downtime and total time; through proxies, what they relayed."""
+
+    downtime_ms: int
+    total_time_ms: int
+    stopped: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Per side (source, destination): relay time and count while the VM was stopped."""
+    relayed: list[Timing] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"downtime_ms": self.downtime_ms,
+                                    "total_time_ms": self.total_time_ms}
+        if self.stopped:
+            document["proxy_while_stopped"] = self.stopped
+        return document
+
+
+async def measure_migrations(repeat: int) -> dict[str, list[MigrationSample]]:
+    samples: dict[str, list[MigrationSample]] = {DIRECT: [], PROXIED: []}
     for _ in range(repeat):
         for name, proxied in ((DIRECT, False), (PROXIED, True)):
-            result = await migrate_once(proxied)
-            samples[name].append({"downtime_ms": int(result["downtime"]),
-                                  "total_time_ms": int(result["total-time"])})
+            samples[name].append(await migrate_once(proxied))
     return samples
 
 
@@ -119,14 +195,17 @@ async def _round_trips(link: MessageConnection, seconds: float) -> int:
     return count
 
 
-async def control_rate(proxied: bool, seconds: float) -> float:
-    """GET_FEATURES round trips per second, direct or through one relay."""
+async def control_rate(proxied: bool, seconds: float,
+                       timings: RelayTimings | None = None) -> float:
+    """GET_FEATURES round trips per second, direct or through one relay (whose
+    per-message stamps go to ``timings``)."""
     front_peer, front_far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     frontend = MessageConnection(FdConnection(front_peer), Channel.FRONTEND, Role.FRONTEND)
     if proxied:
         back_near, back_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         profile = CompatProfile("bench.all", VirtioFeature(0xFFFF_FFFF_FFFF_FFFF))
-        relay = Relay(ProxyPolicy(profile), FdConnection(front_far), FdConnection(back_near))
+        relay = Relay(ProxyPolicy(profile), FdConnection(front_far), FdConnection(back_near),
+                      timings=timings)
         relaying: asyncio.Task[Any] = asyncio.create_task(relay.run())
         backend = MessageConnection(FdConnection(back_peer), Channel.FRONTEND, Role.BACKEND)
     else:
@@ -142,11 +221,12 @@ async def control_rate(proxied: bool, seconds: float) -> float:
     return count / seconds
 
 
-async def measure_control(repeat: int, seconds: float) -> dict[str, list[float]]:
+async def measure_control(repeat: int, seconds: float,
+                          timings: RelayTimings) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {DIRECT: [], PROXIED: []}
     for _ in range(repeat):
         for name, proxied in ((DIRECT, False), (PROXIED, True)):
-            rates[name].append(await control_rate(proxied, seconds / repeat))
+            rates[name].append(await control_rate(proxied, seconds / repeat, timings))
     return rates
 
 
@@ -160,25 +240,75 @@ def _ratio(proxied: float, direct: float) -> float | None:
     return round(proxied / direct, 3) if direct else None
 
 
-def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Sequence[Mapping[
-        str, int]]], control: Mapping[str, Sequence[float]], repeat: int) -> dict[str, Any]:
+def bootstrap_interval(direct: Sequence[float], proxied: Sequence[float],
+                       statistic: Callable[[Sequence[float], Sequence[float]], float], *,
+                       resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 11) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``statistic(direct, proxied)``.
+
+    Each variant's samples are resampled with replacement on their own (they
+    are independent runs, interleaved in time); the seed is fixed so a
+    document can be recomputed from its samples.
+    """
+    chooser = random.Random(seed)
+    values = sorted(statistic(chooser.choices(direct, k=len(direct)),
+                              chooser.choices(proxied, k=len(proxied)))
+                    for _ in range(resamples))
+    return (round(percentile(values, 0.025), 3), round(percentile(values, 0.975), 3))
+
+
+def _median_ratio(direct: Sequence[float], proxied: Sequence[float]) -> float:
+    return statistics.median(proxied) / statistics.median(direct)
+
+
+def _mean_difference(direct: Sequence[float], proxied: Sequence[float]) -> float:
+    return statistics.fmean(proxied) - statistics.fmean(direct)
+
+
+def _share_summary(samples: Sequence[MigrationSample]) -> dict[str, Any]:
+    """The proxies' relay time while the VM was stopped, per side and per migration."""
+    per_side: dict[str, dict[str, float]] = {}
+    for side in ("source", "destination"):
+        shares = [sample.stopped[side]["relay_us"] for sample in samples if side in sample.stopped]
+        counts = [sample.stopped[side]["messages"] for sample in samples if side in sample.stopped]
+        if shares:
+            per_side[side] = {"median_us": _median(shares), "max_us": round(max(shares), 1),
+                              "messages_median": _median(counts)}
+    totals = [sum(share["relay_us"] for share in sample.stopped.values())
+              for sample in samples if sample.stopped]
+    return {"per_side": per_side,
+            "per_migration_us": {"median": _median(totals) if totals else None,
+                                 "max": round(max(totals), 1) if totals else None}}
+
+
+def report(start: Mapping[str, Sequence[Sample]],
+           migrations: Mapping[str, Sequence[MigrationSample]],
+           control: Mapping[str, Sequence[float]], repeat: int,
+           control_timings: Sequence[Timing] = ()) -> dict[str, Any]:
     start_medians = {name: {phase: summary["median_ms"]
                             for phase, summary in summarise(samples).items()}
                      for name, samples in start.items()}
-    migration_medians = {name: {key: _median([s[key] for s in samples])
-                                for key in ("downtime_ms", "total_time_ms")}
+    downtimes = {name: [float(sample.downtime_ms) for sample in samples]
+                 for name, samples in migrations.items()}
+    migration_medians = {name: {"downtime_ms": _median(downtimes[name]),
+                                "total_time_ms": _median([s.total_time_ms for s in samples])}
                          for name, samples in migrations.items()}
     # QEMU's downtime under TCG comes in steps of ~40 ms: the mean says more
     # than the median about a shift of a few milliseconds.
-    downtime_means = {name: round(statistics.mean(s["downtime_ms"] for s in samples), 1)
-                      for name, samples in migrations.items()}
+    downtime_means = {name: round(statistics.mean(values), 1)
+                      for name, values in downtimes.items()}
     control_medians = {name: _median(rates) for name, rates in control.items()}
+    started = {name: [sample.vhost_started for sample in samples]
+               for name, samples in start.items()}
+    relayed = [timing for sample in migrations[PROXIED] for timing in sample.relayed]
     return {
         "benchmark": "vhostcompat proxy: direct vs through the proxy",
         "repeat": repeat,
         "start_ms": {"median": start_medians,
                      "ratio": {phase: _ratio(start_medians[PROXIED][phase],
                                              start_medians[DIRECT][phase]) for phase in PHASES},
+                     "vhost_started_ratio_ci95": list(bootstrap_interval(
+                         started[DIRECT], started[PROXIED], _median_ratio)),
                      "samples": {name: [sample.milliseconds() for sample in samples]
                                  for name, samples in start.items()}},
         "migration_ms": {"median": migration_medians,
@@ -187,9 +317,14 @@ def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Seque
                              "median": round(migration_medians[PROXIED]["downtime_ms"]
                                              - migration_medians[DIRECT]["downtime_ms"], 1),
                              "mean": round(downtime_means[PROXIED] - downtime_means[DIRECT],
-                                           1)},
-                         "samples": {name: list(samples) for name, samples in
-                                     migrations.items()}},
+                                           1),
+                             "mean_ci95": list(bootstrap_interval(
+                                 downtimes[DIRECT], downtimes[PROXIED], _mean_difference))},
+                         "samples": {name: [sample.to_json() for sample in samples]
+                                     for name, samples in migrations.items()}},
+        "proxy_while_stopped": _share_summary(migrations[PROXIED]),
+        "relay_us": {"qemu_and_testpmd": summarise_timings(relayed),
+                     "in_process_get_features": summarise_timings(control_timings)},
         "control_round_trips_per_s": {
             "median": control_medians,
             "messages_per_s_through_proxy": round(2 * control_medians[PROXIED]),
@@ -218,14 +353,36 @@ def render(document: Document) -> str:
                  f"{control['median'][PROXIED]:>12.0f}")
     lines.append(f"control messages/s through the proxy: "
                  f"{control['messages_per_s_through_proxy']}")
+    low, high = start["vhost_started_ratio_ci95"]
+    lines.append(f"start to vhost running, ratio of medians: {start['ratio']['vhost_started']}"
+                 f" (95% CI {low}-{high})")
+    low, high = migration["downtime_difference"]["mean_ci95"]
+    lines.append(f"downtime, proxy minus direct (mean): "
+                 f"{migration['downtime_difference']['mean']} ms (95% CI {low} to {high})")
+    share = document["proxy_while_stopped"]
+    lines.append("proxies' relay time while the VM was stopped (us, median per migration): "
+                 f"{share['per_migration_us']['median']} (max {share['per_migration_us']['max']})")
+    for side, figures in share["per_side"].items():
+        lines.append(f"  {side}: median {figures['median_us']} us over "
+                     f"{figures['messages_median']:g} messages, max {figures['max_us']} us")
+    lines.append("relay time per message (us), QEMU + testpmd runs:")
+    lines.append(f"  {'request':<36}{'count':>7}{'p50':>9}{'p99':>9}")
+    for key, figures in document["relay_us"]["qemu_and_testpmd"].items():
+        lines.append(f"  {key:<36}{figures['count']:>7}{figures['p50_us']:>9.1f}"
+                     f"{figures['p99_us']:>9.1f}")
+    in_process = document["relay_us"]["in_process_get_features"].get("all")
+    if in_process:
+        lines.append(f"  in-process GET_FEATURES, all: p50 {in_process['p50_us']} us, "
+                     f"p99 {in_process['p99_us']} us")
     return "\n".join(lines)
 
 
 async def measure(repeat: int, control_seconds: float) -> dict[str, Any]:
     start = await compare(START_BACKENDS, repeat)
     migrations = await measure_migrations(repeat)
-    control = await measure_control(repeat, control_seconds)
-    return report(start, migrations, control, repeat)
+    timings = RelayTimings()
+    control = await measure_control(repeat, control_seconds, timings)
+    return report(start, migrations, control, repeat, list(timings.samples))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ import os
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -550,6 +551,9 @@ class MessageConnection:
         self._first_deadline = None if first is None else self._connected_at + first
         self._message_started: float | None = None
         self._message_deadline: float | None = None
+        self._chunk_ns = 0
+        self.received_ns = 0
+        """When the bytes completing the last message returned came in (monotonic ns)."""
 
     @property
     def stall_deadline(self) -> float | None:
@@ -580,6 +584,7 @@ class MessageConnection:
         while True:
             message = self.decoder.next_message()
             if message is not None:
+                self.received_ns = self._chunk_ns
                 self.received += 1
                 # The next message gets its own time.
                 self._message_started = self._message_deadline = None
@@ -594,6 +599,7 @@ class MessageConnection:
                     self._message_deadline = self._message_started + self.timeouts.message
             try:
                 data, fds = await self._recv_before(self.stall_deadline)
+                self._chunk_ns = time.monotonic_ns()
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
                 self.decoder.close()

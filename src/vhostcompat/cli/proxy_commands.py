@@ -7,7 +7,9 @@ version read from a host store (``--db HOST --iface NAME``; the host's
 published profile is used, no catalog needed). With ``--db`` and ``--iface``
 the negotiated state is also written to the interface's row, where
 ``check-migration`` finds it; ``--status-file`` writes the status as JSON,
-atomically, for ``vhostcompat proxy-status PATH``.
+atomically, for ``vhostcompat proxy-status PATH``; ``--stats-file`` the
+relay time of the latest messages (:mod:`vhostcompat.proxy.timings`), at
+exit and on SIGUSR1.
 
 The proxy logs its offers and refusals at INFO (stderr); ``-v`` adds DEBUG
 (every message, ``-->``/``<--``).
@@ -105,20 +107,32 @@ async def _serve(args: argparse.Namespace) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
+    server = ProxyServer(ProxyPolicy(profile), frontend, backend, options=options,
+                         board=board, name=args.iface or "proxy")
+    if args.stats_file is not None:
+        loop.add_signal_handler(signal.SIGUSR1, _write_stats, server, args.stats_file)
     try:
-        async with ProxyServer(ProxyPolicy(profile), frontend, backend, options=options,
-                               board=board, name=args.iface or "proxy"):
+        async with server:
             await stop.wait()
             _log.info("stopping")
         board.set_state(ProxyState.EXITED, "stopped by a signal")
+        if args.stats_file is not None:
+            _write_stats(server, args.stats_file)
     except InputError as error:
         board.set_state(ProxyState.FAILED, str(error))
         raise
     finally:
-        for signum in signals:
+        for signum in (*signals, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         await board.close()
     return EXIT_OK
+
+
+def _write_stats(server: ProxyServer, path: str) -> None:
+    try:
+        server.timings.write(path)
+    except OSError as error:
+        _log.error("--stats-file %s: cannot write: %s", path, error.strerror or error)
 
 
 def proxy(args: argparse.Namespace) -> int:
@@ -159,6 +173,9 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--iface", metavar="NAME", help="the interface's name in the host store")
     parser.add_argument("--status-file", metavar="PATH",
                         help="write the status here as JSON (atomically, on every change)")
+    parser.add_argument("--stats-file", metavar="PATH",
+                        help="write every relayed message's relay time here (JSON, with "
+                             "p50/p99 per request) when the proxy exits or gets SIGUSR1")
     parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT, metavar="SECONDS",
                         help=f"close the front-end when the back-end leaves a request "
                              f"unanswered this long (default {REPLY_TIMEOUT:g})")

@@ -35,6 +35,7 @@ import enum
 import functools
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
@@ -48,6 +49,7 @@ from vhostcompat.proxy.policy import (
     Refusal,
     negotiated_from,
 )
+from vhostcompat.proxy.timings import REPLY, REQUEST, RelayTimings
 from vhostcompat.transport import (
     ConnectionLog,
     FdConnection,
@@ -157,7 +159,8 @@ class Relay:
 
     def __init__(self, policy: ProxyPolicy, frontend: FdConnection, backend: FdConnection, *,
                  reply_timeout: float = REPLY_TIMEOUT, observer: RelayObserver | None = None,
-                 name: str = "relay", timeouts: StallTimeouts | None = None) -> None:
+                 name: str = "relay", timeouts: StallTimeouts | None = None,
+                 timings: RelayTimings | None = None) -> None:
         self.policy = policy
         self.reply_timeout = reply_timeout
         self.observer: RelayObserver = observer or _NullObserver()
@@ -181,6 +184,7 @@ class Relay:
         self.messages = 0
         self.offers: dict[FrontendRequest, Offer] = {}
         self._requests_seen: set[Request] = set()
+        self.timings = timings if timings is not None else RelayTimings()
 
     def frontend_stalling(self, at_least: float) -> bool:
         """Whether the front-end has been stalling for ``at_least`` seconds: no first
@@ -316,6 +320,8 @@ class Relay:
             if self.backend_session.reply_expected(outgoing):
                 self._expect_reply(outgoing)
             await self._send(self._backend, Side.BACKEND, outgoing)
+            self.timings.add(message.request.name, REQUEST, self._frontend.received_ns,
+                             time.monotonic_ns())
         finally:
             if owned:
                 close_fds(outgoing.fds)
@@ -365,6 +371,8 @@ class Relay:
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
             await self._send(self._frontend, Side.FRONTEND, outgoing)
+            self.timings.add(reply.request.name, REPLY, self._backend.received_ns,
+                             time.monotonic_ns())
         finally:
             if owned:
                 close_fds(outgoing.fds)

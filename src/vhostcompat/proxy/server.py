@@ -46,6 +46,7 @@ from vhostcompat.errors import InputError
 from vhostcompat.proxy.policy import ProxyPolicy
 from vhostcompat.proxy.relay import REPLY_TIMEOUT, Relay, RelayOutcome, RelayResult
 from vhostcompat.proxy.status import ProxyState, StatusBoard
+from vhostcompat.proxy.timings import RelayTimings
 from vhostcompat.transport import (
     DEFAULT_STALL_TIMEOUTS,
     MAX_SOCKET_PATH,
@@ -175,6 +176,8 @@ class ProxyServer:
         self.relays = 0
         # The latest results (a long-lived proxy sees QEMU come and go).
         self.results: deque[RelayResult] = deque(maxlen=MAX_RESULTS)
+        # Every relay's per-message stamps, in one bounded ring.
+        self.timings = RelayTimings()
         self._active: Relay | None = None
         self._busy = False
         self._listeners: list[Listener] = []
@@ -300,7 +303,8 @@ class ProxyServer:
             self.board.set_state(ProxyState.NEGOTIATING)
             relay = Relay(self.policy, frontend, backend,
                           reply_timeout=self.options.reply_timeout, observer=self.board,
-                          name=f"{self.name} #{number}", timeouts=self.options.timeouts)
+                          name=f"{self.name} #{number}", timeouts=self.options.timeouts,
+                          timings=self.timings)
             self._active = relay
             self.log.info("connection %d: relaying %s <-> %s", number, self.frontend.path,
                           self.backend.path)
