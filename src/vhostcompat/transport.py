@@ -162,6 +162,8 @@ class FdConnection:
         self._recv_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._waiters: set[asyncio.Future[None]] = set()
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._reading = False  # whether our reader is registered with the loop
         self._closed = False
         self.name = name or f"fd{self._fd}"
         self.log = ConnectionLog(_log, self.name)
@@ -248,26 +250,54 @@ class FdConnection:
             raise ConnectionClosedError(f"{self.name}: connection closed")
 
     async def _wait(self, *, readable: bool) -> None:
+        if readable:
+            await self._wait_readable()
+            return
         waiter: asyncio.Future[None] = self._loop.create_future()
 
         def wake() -> None:
             if not waiter.done():
                 waiter.set_result(None)
 
-        if readable:
-            self._loop.add_reader(self._fd, wake)
-        else:
-            self._loop.add_writer(self._fd, wake)
+        self._loop.add_writer(self._fd, wake)
         self._waiters.add(waiter)
         try:
             await waiter
         finally:
             self._waiters.discard(waiter)
             if not self._closed:
-                if readable:
-                    self._loop.remove_reader(self._fd)
-                else:
-                    self._loop.remove_writer(self._fd)
+                self._loop.remove_writer(self._fd)
+
+    async def _wait_readable(self) -> None:
+        """Wait until the socket is readable.
+
+        The reader stays registered between waits: a relay waits for the
+        next message right after handling one, and registering and
+        unregistering with epoll around every message was a fifth of the
+        relay's time. It is dropped when the socket becomes readable with
+        nobody waiting (epoll is level-triggered: it would fire again and
+        again).
+        """
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._read_waiter = waiter
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if self._read_waiter is waiter:
+                self._read_waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif not self._closed:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
 
 
 def _check_path_length(path: str) -> None:
@@ -551,9 +581,13 @@ class MessageConnection:
         self._first_deadline = None if first is None else self._connected_at + first
         self._message_started: float | None = None
         self._message_deadline: float | None = None
-        self._chunk_ns = 0
+        self._chunk_ns = self._chunk_cpu_ns = 0
+        self.cpu_clock: Callable[[], int] | None = None
+        """Set (to ``time.thread_time_ns``) to stamp :attr:`received_cpu_ns` too."""
+        self.received_cpu_ns = 0
         self.received_ns = 0
-        """When the bytes completing the last message returned came in (monotonic ns)."""
+        """When the last message returned was there to handle (monotonic ns; see
+        :meth:`recv_message`)."""
 
     @property
     def stall_deadline(self) -> float | None:
@@ -580,11 +614,18 @@ class MessageConnection:
         Raises :class:`~vhostcompat.errors.RemoteProtocolError` for a message
         the codec refuses (its fds closed) or a stream cut mid-message; the
         connection should then be closed.
+
+        :attr:`received_ns` is then when the message was there for us to
+        handle: when the bytes that completed it came in, or, for one that
+        came in the same chunk as earlier ones, now (the caller was busy with
+        those until now).
         """
+        self._stamp()
         while True:
             message = self.decoder.next_message()
             if message is not None:
                 self.received_ns = self._chunk_ns
+                self.received_cpu_ns = self._chunk_cpu_ns
                 self.received += 1
                 # The next message gets its own time.
                 self._message_started = self._message_deadline = None
@@ -599,7 +640,7 @@ class MessageConnection:
                     self._message_deadline = self._message_started + self.timeouts.message
             try:
                 data, fds = await self._recv_before(self.stall_deadline)
-                self._chunk_ns = time.monotonic_ns()
+                self._stamp()
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
                 self.decoder.close()
@@ -609,6 +650,11 @@ class MessageConnection:
                 self.decoder.end_of_stream()
                 return None
             self.decoder.feed(data, fds)
+
+    def _stamp(self) -> None:
+        self._chunk_ns = time.monotonic_ns()
+        if self.cpu_clock is not None:
+            self._chunk_cpu_ns = self.cpu_clock()
 
     async def _recv_before(self, deadline: float | None) -> tuple[bytes, list[int]]:
         if deadline is None:

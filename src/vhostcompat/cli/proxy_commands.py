@@ -53,6 +53,7 @@ from vhostcompat.proxy import (
 from vhostcompat.proxy.relay import REPLY_TIMEOUT
 from vhostcompat.proxy.server import BACKEND_TIMEOUT
 from vhostcompat.proxy.status import StatusSink
+from vhostcompat.proxy.timings import RelayTimings
 
 _log = logging.getLogger("vhostcompat.proxy")
 
@@ -108,7 +109,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     server = ProxyServer(ProxyPolicy(profile), frontend, backend, options=options,
-                         board=board, name=args.iface or "proxy")
+                         board=board, name=args.iface or "proxy",
+                         timings=RelayTimings(cpu=args.stats_file is not None))
     if args.stats_file is not None:
         loop.add_signal_handler(signal.SIGUSR1, _write_stats, server, args.stats_file)
     try:

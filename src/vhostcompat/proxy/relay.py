@@ -185,6 +185,8 @@ class Relay:
         self.offers: dict[FrontendRequest, Offer] = {}
         self._requests_seen: set[Request] = set()
         self.timings = timings if timings is not None else RelayTimings()
+        self._cpu_clock = self.timings.cpu_clock
+        self._frontend.cpu_clock = self._backend.cpu_clock = self._cpu_clock
 
     def frontend_stalling(self, at_least: float) -> bool:
         """Whether the front-end has been stalling for ``at_least`` seconds: no first
@@ -274,6 +276,13 @@ class Relay:
             self.messages += 1
             self._requests_seen.add(message.request)
             await self._forward_request(message)
+            # Stamped once everything for it is done, bookkeeping included.
+            self._stamp(message, REQUEST, self._frontend)
+
+    def _stamp(self, message: Message, direction: str, source: MessageConnection) -> None:
+        cpu = 0 if self._cpu_clock is None else self._cpu_clock() - source.received_cpu_ns
+        self.timings.add(message.request.name, direction, source.received_ns,
+                         time.monotonic_ns(), cpu)
 
     def _closed_by_frontend(self) -> NoReturn:
         session = self.frontend_session
@@ -320,8 +329,6 @@ class Relay:
             if self.backend_session.reply_expected(outgoing):
                 self._expect_reply(outgoing)
             await self._send(self._backend, Side.BACKEND, outgoing)
-            self.timings.add(message.request.name, REQUEST, self._frontend.received_ns,
-                             time.monotonic_ns())
         finally:
             if owned:
                 close_fds(outgoing.fds)
@@ -356,6 +363,7 @@ class Relay:
                 _end(RelayOutcome.BACKEND_CLOSED, "")
             self.messages += 1
             await self._forward_reply(reply)
+            self._stamp(reply, REPLY, self._backend)
 
     async def _forward_reply(self, reply: Message) -> None:
         outgoing = reply
@@ -371,8 +379,6 @@ class Relay:
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
             await self._send(self._frontend, Side.FRONTEND, outgoing)
-            self.timings.add(reply.request.name, REPLY, self._backend.received_ns,
-                             time.monotonic_ns())
         finally:
             if owned:
                 close_fds(outgoing.fds)

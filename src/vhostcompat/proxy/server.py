@@ -164,7 +164,7 @@ class ProxyServer:
 
     def __init__(self, policy: ProxyPolicy, frontend: Endpoint, backend: Endpoint, *,
                  options: ProxyOptions | None = None, board: StatusBoard | None = None,
-                 name: str = "proxy") -> None:
+                 name: str = "proxy", timings: RelayTimings | None = None) -> None:
         self.policy = policy
         self.frontend = frontend
         self.backend = backend
@@ -177,7 +177,7 @@ class ProxyServer:
         # The latest results (a long-lived proxy sees QEMU come and go).
         self.results: deque[RelayResult] = deque(maxlen=MAX_RESULTS)
         # Every relay's per-message stamps, in one bounded ring.
-        self.timings = RelayTimings()
+        self.timings = timings if timings is not None else RelayTimings()
         self._active: Relay | None = None
         self._busy = False
         self._listeners: list[Listener] = []

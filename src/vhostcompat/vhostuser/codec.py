@@ -51,6 +51,29 @@ from vhostcompat.vhostuser.requests import (
 
 _HEADER = struct.Struct("=III")
 _log = logging.getLogger(__name__)
+# Plain ints for the per-message flag tests: an IntFlag operation runs
+# Python code (and builds a new member) where an int one is a C call, and a
+# relayed message has its flags looked at a dozen times.
+_REPLY = int(HeaderFlags.REPLY)
+_NEED_REPLY = int(HeaderFlags.NEED_REPLY)
+_VERSION_1 = int(HeaderFlags.VERSION_1)
+_int_and = int.__and__
+# The (few) flag words seen, as members: HeaderFlags(raw) is costly too.
+_FLAGS: dict[int, HeaderFlags] = {}
+# Who sends a request or its reply, by request type and reply bit.
+_SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
+            (BackendRequest, False): Role.BACKEND, (BackendRequest, True): Role.FRONTEND}
+
+
+def header_flags(raw: int) -> HeaderFlags:
+    """``HeaderFlags(raw)``, from a cache (a peer may send at most 2**32 words: bounded
+    below by keeping only the first few)."""
+    flags = _FLAGS.get(raw)
+    if flags is None:
+        flags = HeaderFlags(raw)
+        if len(_FLAGS) < 64:
+            _FLAGS[raw] = flags
+    return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +92,15 @@ class Message:
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.flags & HeaderFlags.REPLY)
+        return bool(_int_and(self.flags, _REPLY))
 
     @property
     def need_reply(self) -> bool:
-        return bool(self.flags & HeaderFlags.NEED_REPLY)
+        return bool(_int_and(self.flags, _NEED_REPLY))
 
     @property
     def channel(self) -> Channel:
-        return Channel.of(self.request)
+        return Channel.FRONTEND if type(self.request) is FrontendRequest else Channel.BACKEND
 
     @property
     def spec(self) -> RequestSpec:
@@ -86,8 +109,7 @@ class Message:
     @property
     def sender(self) -> Role:
         """Who sends this message: the channel's requester, or its peer for a reply."""
-        requester = self.channel.requester
-        return requester.peer if self.is_reply else requester
+        return _SENDERS[type(self.request), bool(_int_and(self.flags, _REPLY))]
 
     def __str__(self) -> str:
         marks = (" reply" if self.is_reply else "") + (" need_reply" if self.need_reply else "")
@@ -131,7 +153,7 @@ def encode(message: Message) -> tuple[bytes, tuple[int, ...]]:
     request = message.request
     if not isinstance(request, FrontendRequest | BackendRequest):
         raise LocalMessageError(f"{request!r} is not a request code")
-    if message.flags & VERSION_MASK != HeaderFlags.VERSION_1:
+    if _int_and(message.flags, VERSION_MASK) != _VERSION_1:
         raise LocalMessageError(f"header flags {int(message.flags):#x} lack version 1",
                                 request=request)
     payload = message.payload
@@ -298,8 +320,7 @@ class Decoder:
 
     def _parse_header(self) -> _Header:
         code, raw_flags, size = _HEADER.unpack_from(self._buffer)
-        flags = HeaderFlags(raw_flags)
-        if raw_flags & VERSION_MASK != HeaderFlags.VERSION_1:
+        if raw_flags & VERSION_MASK != _VERSION_1:
             self._fail(RemoteMessageError(
                 f"header version {raw_flags & VERSION_MASK} (flags {raw_flags:#x}), "
                 "expected 1"))
@@ -307,7 +328,7 @@ class Decoder:
         if spec is None:
             kind = "front-end" if self.channel is Channel.FRONTEND else "back-end"
             self._fail(RemoteMessageError(f"unknown {kind} request {code}"))
-        if bool(raw_flags & HeaderFlags.REPLY) != self.replies:
+        if bool(raw_flags & _REPLY) != self.replies:
             expected = "replies" if self.replies else "requests"
             self._fail(RemoteMessageError(
                 f"the {self.sender.value} only sends {expected} on the "
@@ -319,7 +340,7 @@ class Decoder:
             kind = "reply" if self.replies else "request"
             self._fail(RemoteMessageError(
                 f"{kind} payload size {size} does not fit {expected}", request=spec.request))
-        return _Header(spec.request, flags, size, rules)
+        return _Header(spec.request, header_flags(raw_flags), size, rules)
 
     def _claim_fds(self, start: int, end: int, request: Request) -> tuple[int, ...]:
         """The fds of the message occupying stream bytes [start, end)."""
