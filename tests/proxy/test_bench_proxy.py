@@ -14,6 +14,7 @@ from bench.bench_proxy import (
     main,
     render,
     report,
+    stop_started,
     stopped_share,
 )
 from bench.bench_start import PHASES, Sample
@@ -79,6 +80,15 @@ def test_only_messages_received_while_the_vm_was_stopped_count() -> None:
                Timing("SEND_RARP", "request", 9_000, 9_500)]        # after RESUME
     share = stopped_share(timings, offset_ns=5_000, window=(5_500, 8_000))
     assert share == {"relay_us": 40.0, "messages": 2}
+
+
+def test_the_stop_starts_with_the_burst_that_runs_into_the_stop_event() -> None:
+    ms = 1_000_000
+    timings = [Timing("SET_LOG_BASE", "request", 0, 10),               # migration start
+               Timing("GET_VRING_BASE", "request", 200 * ms, 200 * ms + 10),
+               Timing("GET_VRING_BASE", "request", 205 * ms, 205 * ms + 10)]
+    assert stop_started(timings, 0, 210 * ms) == 200 * ms
+    assert stop_started(timings, 0, 300 * ms) == 300 * ms  # no burst runs into it
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

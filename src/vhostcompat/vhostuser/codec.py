@@ -178,6 +178,15 @@ def encode(message: Message) -> tuple[bytes, tuple[int, ...]]:
     return _HEADER.pack(request, message.flags, len(body)) + body, fds
 
 
+def _rule_for_size(rules: tuple[PayloadRule, ...], size: int) -> PayloadRule | None:
+    """The first rule whose payload size allows ``size`` (a plain loop: it runs twice for
+    every message)."""
+    for rule in rules:
+        if rule.payload.SIZE.allows(size):
+            return rule
+    return None
+
+
 def close_fds(fds: Sequence[int]) -> None:
     """Close fds we own. One already closed means an ownership bug elsewhere: log it."""
     for fd in fds:
@@ -275,7 +284,8 @@ class Decoder:
         body = bytes(self._buffer[HEADER_SIZE:end])
         fds = self._claim_fds(self._offset, self._offset + end, header.request)
         try:
-            rule = next(rule for rule in header.rules if rule.payload.SIZE.allows(header.size))
+            rule = _rule_for_size(header.rules, header.size)
+            assert rule is not None  # the header was refused otherwise
             payload = rule.payload.unpack(body)
             problem = rule.fds.check(payload, len(fds))
         except PayloadError as error:
@@ -334,7 +344,7 @@ class Decoder:
                 f"the {self.sender.value} only sends {expected} on the "
                 f"{self.channel.value} socket (flags {raw_flags:#x})", request=spec.request))
         rules = rules_for(spec, self.replies)
-        if size > MAX_PAYLOAD_SIZE or not any(rule.payload.SIZE.allows(size) for rule in rules):
+        if size > MAX_PAYLOAD_SIZE or _rule_for_size(rules, size) is None:
             expected = " or ".join(
                 f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})" for rule in rules)
             kind = "reply" if self.replies else "request"
