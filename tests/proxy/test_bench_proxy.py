@@ -14,6 +14,7 @@ from bench.bench_proxy import (
     main,
     render,
     report,
+    stop_ended,
     stop_started,
     stopped_share,
 )
@@ -89,6 +90,15 @@ def test_the_stop_starts_with_the_burst_that_runs_into_the_stop_event() -> None:
                Timing("GET_VRING_BASE", "request", 205 * ms, 205 * ms + 10)]
     assert stop_started(timings, 0, 210 * ms) == 200 * ms
     assert stop_started(timings, 0, 300 * ms) == 300 * ms  # no burst runs into it
+
+
+def test_the_stop_ends_with_the_burst_that_starts_at_the_resume_event() -> None:
+    ms = 1_000_000
+    timings = [Timing("SET_FEATURES", "request", 100 * ms, 100 * ms + 50),
+               Timing("SET_MEM_TABLE", "request", 101 * ms, 102 * ms),
+               Timing("SEND_RARP", "request", 400 * ms, 400 * ms + 10)]  # long after
+    assert stop_ended(timings, 0, 99 * ms) == 102 * ms
+    assert stop_ended(timings, 0, 200 * ms) == 200 * ms  # nothing right after RESUME
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

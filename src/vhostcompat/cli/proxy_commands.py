@@ -54,6 +54,7 @@ from vhostcompat.proxy.relay import REPLY_TIMEOUT
 from vhostcompat.proxy.server import BACKEND_TIMEOUT
 from vhostcompat.proxy.status import StatusSink
 from vhostcompat.proxy.timings import RelayTimings
+from vhostcompat.proxy.warm import warm_up
 
 _log = logging.getLogger("vhostcompat.proxy")
 
@@ -108,7 +109,11 @@ async def _serve(args: argparse.Namespace) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
-    server = ProxyServer(ProxyPolicy(profile), frontend, backend, options=options,
+    policy = ProxyPolicy(profile)
+    # Before listening: the first QEMU (and a migration's destination) meets
+    # a relay whose code paths already ran (proxy.warm).
+    await warm_up(policy)
+    server = ProxyServer(policy, frontend, backend, options=options,
                          board=board, name=args.iface or "proxy",
                          timings=RelayTimings(cpu=args.stats_file is not None))
     if args.stats_file is not None:
