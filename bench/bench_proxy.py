@@ -75,7 +75,14 @@ from vhostcompat.lab.commands import ProxyMode
 from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 from vhostcompat.profiles import CompatProfile
 from vhostcompat.proxy import ProxyPolicy, Relay
-from vhostcompat.proxy.timings import RelayTimings, Timing, percentile, timings_from_json
+from vhostcompat.proxy.timings import (
+    REPLY,
+    REQUEST,
+    RelayTimings,
+    Timing,
+    percentile,
+    timings_from_json,
+)
 from vhostcompat.proxy.timings import summarise as summarise_timings
 from vhostcompat.transport import FdConnection, MessageConnection
 from vhostcompat.vhostuser import U64, Channel, FrontendRequest, Message, Role, make_reply
@@ -163,12 +170,36 @@ def stop_ended(timings: Sequence[Timing], offset_ns: int, resume_ns: int) -> int
 
 def stopped_share(timings: Sequence[Timing], offset_ns: int,
                   window: tuple[int, int]) -> dict[str, float]:
-    """Relay time (us) and count of the messages received while the VM was stopped."""
+    """What one proxy relayed while the VM was stopped: the relay time of every
+    message (an upper bound on what it added), how many, and the latency of
+    the exchanges QEMU waited for (``waited_us``, see :func:`waited_for`)."""
     stop, resume = window
-    inside = [timing for timing in timings
-              if stop <= timing.received_ns + offset_ns <= resume]
+    inside = sorted((timing for timing in timings
+                     if stop <= timing.received_ns + offset_ns <= resume),
+                    key=lambda timing: timing.received_ns)
     return {"relay_us": round(sum(timing.relay_us for timing in inside), 1),
-            "messages": len(inside)}
+            "messages": len(inside), "waited_us": waited_for(inside)}
+
+
+def waited_for(timings: Sequence[Timing]) -> float:
+    """Latency (arrival to forwarded, us) of each reply and of the request it answers.
+
+    QEMU sends most device start and stop messages without waiting; it waits
+    where a reply is owed (GET_VRING_BASE, GET_STATUS, REPLY_ACK acks): those
+    exchanges are where the proxy's time becomes downtime, each counted from
+    the moment its bytes reached the proxy (waiting behind earlier messages
+    included).
+    """
+    total = 0.0
+    requests = [timing for timing in timings if timing.direction == REQUEST]
+    for reply in (timing for timing in timings if timing.direction == REPLY):
+        arrived = reply.arrived_ns or reply.received_ns
+        answered = [request for request in requests
+                    if request.request == reply.request and request.forwarded_ns <= arrived]
+        if answered:
+            total += answered[-1].latency_us
+        total += reply.latency_us
+    return round(total, 1)
 
 
 async def migrate_once(proxied: bool) -> MigrationSample:
@@ -319,19 +350,26 @@ def _mean_difference(direct: Sequence[float], proxied: Sequence[float]) -> float
 
 
 def _share_summary(samples: Sequence[MigrationSample]) -> dict[str, Any]:
-    """The proxies' relay time while the VM was stopped, per side and per migration."""
+    """The proxies' time while the VM was stopped, per side and per migration."""
     per_side: dict[str, dict[str, float]] = {}
     for side in ("source", "destination"):
-        shares = [sample.stopped[side]["relay_us"] for sample in samples if side in sample.stopped]
-        counts = [sample.stopped[side]["messages"] for sample in samples if side in sample.stopped]
+        shares = [sample.stopped[side] for sample in samples if side in sample.stopped]
         if shares:
-            per_side[side] = {"median_us": _median(shares), "max_us": round(max(shares), 1),
-                              "messages_median": _median(counts)}
-    totals = [sum(share["relay_us"] for share in sample.stopped.values())
-              for sample in samples if sample.stopped]
-    return {"per_side": per_side,
-            "per_migration_us": {"median": _median(totals) if totals else None,
-                                 "max": round(max(totals), 1) if totals else None}}
+            relay = [share["relay_us"] for share in shares]
+            waited = [share["waited_us"] for share in shares]
+            per_side[side] = {"median_us": _median(relay), "max_us": round(max(relay), 1),
+                              "waited_median_us": _median(waited),
+                              "messages_median": _median([share["messages"]
+                                                          for share in shares])}
+
+    def per_migration(key: str) -> dict[str, float | None]:
+        totals = [sum(share[key] for share in sample.stopped.values())
+                  for sample in samples if sample.stopped]
+        return {"median": _median(totals) if totals else None,
+                "max": round(max(totals), 1) if totals else None}
+
+    return {"per_side": per_side, "per_migration_us": per_migration("relay_us"),
+            "waited_per_migration_us": per_migration("waited_us")}
 
 
 def report(start: Mapping[str, Sequence[Sample]],
@@ -413,11 +451,15 @@ def render(document: Document) -> str:
     lines.append(f"downtime, proxy minus direct (mean): "
                  f"{migration['downtime_difference']['mean']} ms (95% CI {low} to {high})")
     share = document["proxy_while_stopped"]
-    lines.append("proxies' relay time while the VM was stopped (us, median per migration): "
-                 f"{share['per_migration_us']['median']} (max {share['per_migration_us']['max']})")
+    lines.append("while the VM was stopped, per migration (us, median / max): relay time "
+                 f"{share['per_migration_us']['median']} / {share['per_migration_us']['max']}"
+                 f", of it on exchanges QEMU waited for "
+                 f"{share['waited_per_migration_us']['median']} / "
+                 f"{share['waited_per_migration_us']['max']}")
     for side, figures in share["per_side"].items():
-        lines.append(f"  {side}: median {figures['median_us']} us over "
-                     f"{figures['messages_median']:g} messages, max {figures['max_us']} us")
+        lines.append(f"  {side}: {figures['messages_median']:g} messages, relay time median "
+                     f"{figures['median_us']} us (max {figures['max_us']}), waited for "
+                     f"{figures['waited_median_us']} us")
     lines.append("relay time per message (us), QEMU + testpmd runs (wall; proxy CPU):")
     lines.append(f"  {'request':<36}{'count':>7}{'p50':>9}{'p99':>9}{'cpu p50':>9}"
                  f"{'cpu p99':>9}")

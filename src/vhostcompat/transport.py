@@ -581,10 +581,14 @@ class MessageConnection:
         self._first_deadline = None if first is None else self._connected_at + first
         self._message_started: float | None = None
         self._message_deadline: float | None = None
-        self._chunk_ns = self._chunk_cpu_ns = 0
+        self._chunk_ns = self._chunk_cpu_ns = self._arrival_ns = 0
         self.cpu_clock: Callable[[], int] | None = None
         """Set (to ``time.thread_time_ns``) to stamp :attr:`received_cpu_ns` too."""
         self.received_cpu_ns = 0
+        self.last_wire = b""
+        """The bytes of the last message returned, as they came (header and payload)."""
+        self.arrived_ns = 0
+        """When the bytes completing the last message returned came in (monotonic ns)."""
         self.received_ns = 0
         """When the last message returned was there to handle (monotonic ns; see
         :meth:`recv_message`)."""
@@ -624,8 +628,10 @@ class MessageConnection:
         while True:
             message = self.decoder.next_message()
             if message is not None:
+                self.last_wire = self.decoder.last_wire
                 self.received_ns = self._chunk_ns
                 self.received_cpu_ns = self._chunk_cpu_ns
+                self.arrived_ns = self._arrival_ns
                 self.received += 1
                 # The next message gets its own time.
                 self._message_started = self._message_deadline = None
@@ -641,6 +647,7 @@ class MessageConnection:
             try:
                 data, fds = await self._recv_before(self.stall_deadline)
                 self._stamp()
+                self._arrival_ns = self._chunk_ns
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
                 self.decoder.close()
@@ -673,9 +680,14 @@ class MessageConnection:
         return PeerStalledError(f"sent no message within {self.timeouts.first_message:g} s "
                                 "of connecting; closing")
 
-    async def send_message(self, message: Message) -> None:
-        """Encode and send ``message``; its fds stay the caller's."""
-        data, fds = encode(message)
+    async def send_message(self, message: Message, wire: bytes | None = None) -> None:
+        """Encode and send ``message``; its fds stay the caller's.
+
+        ``wire``: the message's bytes as they were received (:attr:`last_wire`
+        of the connection it came from), to forward it unchanged without
+        encoding it again.
+        """
+        data, fds = (wire, message.fds) if wire is not None else encode(message)
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
         await self.connection.send(data, fds)

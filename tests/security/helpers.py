@@ -124,6 +124,23 @@ async def opening(frontend: Frontend) -> None:
     await frontend.send(R.SET_FEATURES, U64(VERSION_1))
 
 
+async def ring_connection(path: Path, guest: FakeGuest, place: RingPlace, call_fd: int,
+                          kick_fd: int) -> Frontend:
+    """A front-end that connected, opened like QEMU and set the TX ring up with these fds
+    (however the peer took it)."""
+    frontend = await Frontend.open(path)
+    await opening(frontend)
+    await quietly(frontend, *ring_steps(guest, place, call_fd, kick_fd))
+    return frontend
+
+
+async def closed_and_still_serving(frontend: Frontend, backend: RunningReferenceBackend) -> None:
+    """The back-end closed ``frontend``'s connection and serves a new one."""
+    assert await closed_by_peer(frontend)
+    frontend.close()
+    assert await served(backend.socket_path, backend.process)
+
+
 def ring_steps(guest: FakeGuest, place: RingPlace, call_fd: int,
                kick_fd: int) -> list[tuple[R, object, Sequence[int]]]:
     """SET_MEM_TABLE and the TX ring's set-up, as QEMU sends them (fds duplicated)."""

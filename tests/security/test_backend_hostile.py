@@ -20,6 +20,7 @@ import pytest
 
 from tests.backend.helpers import FakeGuest, Frontend, RingPlace, memfd, new_eventfd, run
 from tests.security.helpers import (
+    closed_and_still_serving,
     closed_by_peer,
     fd_count,
     half_header,
@@ -27,6 +28,7 @@ from tests.security.helpers import (
     opening,
     quietly,
     reference_backend,
+    ring_connection,
     ring_steps,
     round_trip,
     rss_kib,
@@ -57,17 +59,14 @@ def test_a_shrunk_memfd_never_kills_the_backend(short_dir: Path) -> None:
             call, kick = new_eventfd(), new_eventfd()
             try:
                 guest.make_available(SMALL_RING, [0])
-                frontend = await Frontend.open(backend.socket_path)
-                await opening(frontend)
-                await quietly(frontend, *ring_steps(guest, SMALL_RING, call, kick))
+                frontend = await ring_connection(backend.socket_path, guest, SMALL_RING, call,
+                                                 kick)
                 await round_trip(frontend)  # the table is mapped (or refused) by now
                 # The attack: shrink the memory under the back-end's mapping.
                 guest.memory.close()
                 os.ftruncate(guest.fd, 0)
                 _kick(kick)
-                assert await closed_by_peer(frontend)
-                frontend.close()
-                assert await served(backend.socket_path, backend.process)
+                await closed_and_still_serving(frontend, backend)
             finally:
                 os.close(call)
                 os.close(kick)
@@ -87,9 +86,8 @@ def test_a_sealed_memfd_cannot_be_shrunk_under_the_backend(short_dir: Path) -> N
             try:
                 guest.put_descriptor(SMALL_RING, 0, 0x80000, 64)
                 guest.make_available(SMALL_RING, [0])
-                frontend = await Frontend.open(backend.socket_path)
-                await opening(frontend)
-                await quietly(frontend, *ring_steps(guest, SMALL_RING, call, kick))
+                frontend = await ring_connection(backend.socket_path, guest, SMALL_RING, call,
+                                                 kick)
                 with pytest.raises(PermissionError):
                     os.ftruncate(guest.fd, 0)
                 _kick(kick)
@@ -139,9 +137,8 @@ def test_a_call_fd_that_blocks_never_freezes_the_backend(short_dir: Path,
             try:
                 guest.put_descriptor(SMALL_RING, 0, 0x80000, 64)
                 guest.make_available(SMALL_RING, [0])
-                frontend = await Frontend.open(backend.socket_path)
-                await opening(frontend)
-                await quietly(frontend, *ring_steps(guest, SMALL_RING, call, kick))
+                frontend = await ring_connection(backend.socket_path, guest, SMALL_RING, call,
+                                                 kick)
                 _kick(kick)
                 if call_kind == "full pipe":
                     assert await closed_by_peer(frontend)  # refused: not an eventfd
@@ -189,12 +186,9 @@ def test_a_kick_fd_that_is_not_an_eventfd_is_refused(short_dir: Path, kick_kind:
                 kick, write_end = os.pipe()
                 os.close(write_end)  # readable at once, forever: end of file
             try:
-                frontend = await Frontend.open(backend.socket_path)
-                await opening(frontend)
-                await quietly(frontend, *ring_steps(guest, SMALL_RING, call, kick))
-                assert await closed_by_peer(frontend)
-                frontend.close()
-                assert await served(backend.socket_path, backend.process)
+                frontend = await ring_connection(backend.socket_path, guest, SMALL_RING, call,
+                                                 kick)
+                await closed_and_still_serving(frontend, backend)
             finally:
                 os.close(call)
                 os.close(kick)
@@ -221,9 +215,7 @@ def test_one_kick_of_num_squared_descriptors_never_starves_other_connections(
             call, kick = new_eventfd(), new_eventfd()
             try:
                 long_chains(guest, place)
-                frontend = await Frontend.open(backend.socket_path)
-                await opening(frontend)
-                await quietly(frontend, *ring_steps(guest, place, call, kick))
+                frontend = await ring_connection(backend.socket_path, guest, place, call, kick)
                 _kick(kick)
                 await wait_until(lambda: guest.used_index(place) > 0, 20,
                                  "the first chains to be used", watch=[backend.process])

@@ -123,42 +123,32 @@ def test_the_proxys_sockets_do_not_depend_on_the_umask(short_dir: Path) -> None:
     run(scenario, timeout=30)
 
 
-STATUS_FILES = {
-    "deeply nested JSON": ("[" * DEEP + "]" * DEEP, "nested too deeply"),
-    "a 5,000-digit number": ('{"state": "running", "connections": ' + "9" * 5000 + "}",
-                             "not usable JSON"),
-    "a count holding a superscript": ('{"state": "running", "profile": "p", "features": {},'
-                                      ' "protocol_features": {}, "queue_num": {},'
-                                      ' "ring_sizes": {"\u00b2": 256}}', "ring indices"),
+HOSTILE_FILES = {
+    "status file, deeply nested JSON": ("proxy-status", "[" * DEEP + "]" * DEEP,
+                                        "nested too deeply"),
+    "status file, a 5,000-digit number": (
+        "proxy-status", '{"state": "running", "connections": ' + "9" * 5000 + "}",
+        "not usable JSON"),
+    "status file, a count holding a superscript": (
+        "proxy-status", '{"state": "running", "profile": "p", "features": {}, '
+        '"protocol_features": {}, "queue_num": {}, "ring_sizes": {"\u00b2": 256}}',
+        "ring indices"),
+    "catalog, deeply nested arrays": (
+        "profiles --catalog", '[[profile]]\nversion = "v"\nvirtio_features = '
+        + "[" * DEEP + "]" * DEEP + "\n", "nested too deeply"),
+    "catalog, a 5,000-digit integer": (
+        "profiles --catalog", '[[profile]]\nversion = "v"\nvirtio_features = []\n'
+        "max_queue_pairs = " + "9" * 5000 + "\n", "4300 digits"),
 }
 
 
-@pytest.mark.parametrize("label", sorted(STATUS_FILES))
-def test_a_hostile_status_file_is_one_line_and_exit_2(
+@pytest.mark.parametrize("label", sorted(HOSTILE_FILES))
+def test_a_hostile_input_file_is_one_line_and_exit_2(
         capsys: pytest.CaptureFixture[str], tmp_path: Path, label: str) -> None:
-    text, fragment = STATUS_FILES[label]
-    path = tmp_path / "status.json"
+    command, text, fragment = HOSTILE_FILES[label]
+    path = tmp_path / "input"
     path.write_text(text)
-    result = run_cli(capsys, "proxy-status", str(path))
-    assert result.status == 2 and result.stdout == ""
-    assert_one_line_error(result.stderr, str(path), fragment)
-
-
-CATALOG_FILES = {
-    "deeply nested arrays": ('[[profile]]\nversion = "v"\nvirtio_features = '
-                             + "[" * DEEP + "]" * DEEP + "\n", "nested too deeply"),
-    "a 5,000-digit integer": ('[[profile]]\nversion = "v"\nvirtio_features = []\n'
-                              "max_queue_pairs = " + "9" * 5000 + "\n", "4300 digits"),
-}
-
-
-@pytest.mark.parametrize("label", sorted(CATALOG_FILES))
-def test_a_hostile_catalog_is_one_line_and_exit_2(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path, label: str) -> None:
-    text, fragment = CATALOG_FILES[label]
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    result = run_cli(capsys, "profiles", "--catalog", str(path))
+    result = run_cli(capsys, *command.split(), str(path))
     assert result.status == 2 and result.stdout == ""
     assert_one_line_error(result.stderr, str(path), fragment)
 

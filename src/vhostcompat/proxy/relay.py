@@ -49,7 +49,7 @@ from vhostcompat.proxy.policy import (
     Refusal,
     negotiated_from,
 )
-from vhostcompat.proxy.timings import REPLY, REQUEST, RelayTimings
+from vhostcompat.proxy.timings import REPLY, REQUEST, RelayTimings, Timing
 from vhostcompat.transport import (
     ConnectionLog,
     FdConnection,
@@ -184,6 +184,7 @@ class Relay:
         self.messages = 0
         self.offers: dict[FrontendRequest, Offer] = {}
         self._requests_seen: set[Request] = set()
+        self._negotiated_pending = False
         self.timings = timings if timings is not None else RelayTimings()
         self._cpu_clock = self.timings.cpu_clock
         self._frontend.cpu_clock = self._backend.cpu_clock = self._cpu_clock
@@ -243,6 +244,7 @@ class Relay:
             self._ended.set_result(result)
 
     async def _shutdown(self) -> None:
+        self._record_negotiated()
         for pending in self._pending:
             pending.timer.cancel()
         self._pending.clear()
@@ -281,8 +283,8 @@ class Relay:
 
     def _stamp(self, message: Message, direction: str, source: MessageConnection) -> None:
         cpu = 0 if self._cpu_clock is None else self._cpu_clock() - source.received_cpu_ns
-        self.timings.add(message.request.name, direction, source.received_ns,
-                         time.monotonic_ns(), cpu)
+        self.timings.add(Timing(message.request.name, direction, source.received_ns,
+                                time.monotonic_ns(), cpu, source.arrived_ns))
 
     def _closed_by_frontend(self) -> NoReturn:
         session = self.frontend_session
@@ -328,11 +330,21 @@ class Relay:
             self.backend_session.send(outgoing)
             if self.backend_session.reply_expected(outgoing):
                 self._expect_reply(outgoing)
-            await self._send(self._backend, Side.BACKEND, outgoing)
+            # Unchanged (fds travel beside the bytes): the bytes as they came.
+            wire = self._frontend.last_wire if outgoing.payload is message.payload else None
+            await self._send(self._backend, Side.BACKEND, outgoing, wire)
         finally:
             if owned:
                 close_fds(outgoing.fds)
-        if message.request in _STATE_REQUESTS:
+        if message.request in _STATE_REQUESTS and not self._negotiated_pending:
+            # Once per burst, after it: QEMU's device start sends a dozen of
+            # these back to back, and the snapshot is the same at its end.
+            self._negotiated_pending = True
+            asyncio.get_running_loop().call_soon(self._record_negotiated)
+
+    def _record_negotiated(self) -> None:
+        if self._negotiated_pending:
+            self._negotiated_pending = False
             self.observer.record_negotiated(negotiated_from(self.frontend_session))
 
     def _expect_reply(self, message: Message) -> None:
@@ -348,9 +360,10 @@ class Relay:
             f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
             "closing the front-end connection"))
 
-    async def _send(self, connection: MessageConnection, side: Side, message: Message) -> None:
+    async def _send(self, connection: MessageConnection, side: Side, message: Message,
+                    wire: bytes | None = None) -> None:
         try:
-            await connection.send_message(message)
+            await connection.send_message(message, wire)
         except TransportError as error:
             _end(_CLOSED[side], str(error))
 
@@ -378,7 +391,8 @@ class Relay:
                 self._pending.popleft().timer.cancel()
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
-            await self._send(self._frontend, Side.FRONTEND, outgoing)
+            wire = self._backend.last_wire if outgoing is reply else None
+            await self._send(self._frontend, Side.FRONTEND, outgoing, wire)
         finally:
             if owned:
                 close_fds(outgoing.fds)

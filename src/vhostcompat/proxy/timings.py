@@ -24,7 +24,8 @@ whatever a long-lived proxy sees.
 The stats file::
 
     {"pid": 1234, "realtime_offset_ns": N,     # add to a stamp: CLOCK_REALTIME ns
-     "samples": [["GET_FEATURES", "request", received_ns, forwarded_ns, cpu_ns], ...],
+     "samples": [["GET_FEATURES", "request", received_ns, forwarded_ns, cpu_ns,
+                  arrived_ns], ...],
      "summary": {"GET_FEATURES request": {"count": 2, "p50_us": 31.0, "p99_us": 40.2,
                                           "mean_us": 33.1, "cpu_p50_us": 25.2, ...}, ...}}
 """
@@ -46,14 +47,25 @@ REQUEST, REPLY = "request", "reply"
 
 
 class Timing(NamedTuple):
-    """One relayed message: what it was, its two stamps (monotonic ns), and the
-    proxy's CPU time between them (ns; 0 when not measured)."""
+    """One relayed message: what it was, its stamps (monotonic ns), and the proxy's
+    CPU time over its relay (ns; 0 when not measured).
+
+    ``arrived_ns`` is when its bytes came in; ``received_ns`` when the relay
+    was free for it (later than arrival for a message behind others of one
+    burst): relay time counts from ``received_ns``, the latency QEMU sees
+    from ``arrived_ns``.
+    """
 
     request: str
     direction: str  # REQUEST (front-end to back-end) or REPLY (back-end to front-end)
     received_ns: int
     forwarded_ns: int
     cpu_ns: int = 0
+    arrived_ns: int = 0
+
+    @property
+    def latency_us(self) -> float:
+        return (self.forwarded_ns - (self.arrived_ns or self.received_ns)) / 1000
 
     @property
     def relay_us(self) -> float:
@@ -78,9 +90,8 @@ class RelayTimings:
         self.samples: deque[Timing] = deque(maxlen=maxlen)
         self.cpu_clock: Callable[[], int] | None = time.thread_time_ns if cpu else None
 
-    def add(self, request: str, direction: str, received_ns: int, forwarded_ns: int,
-            cpu_ns: int = 0) -> None:
-        self.samples.append(Timing(request, direction, received_ns, forwarded_ns, cpu_ns))
+    def add(self, timing: Timing) -> None:
+        self.samples.append(timing)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return summarise(self.samples)
@@ -135,4 +146,5 @@ def timings_from_json(document: Mapping[str, object]) -> tuple[list[Timing], int
     if not isinstance(raw, list) or not isinstance(offset, int):
         raise ValueError("not a proxy stats document")
     return [Timing(str(item[0]), str(item[1]), int(item[2]), int(item[3]),
-                   int(item[4]) if len(item) > 4 else 0) for item in raw], offset
+                   int(item[4]) if len(item) > 4 else 0,
+                   int(item[5]) if len(item) > 5 else 0) for item in raw], offset

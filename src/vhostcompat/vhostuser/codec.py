@@ -237,6 +237,8 @@ class Decoder:
         self._header: _Header | None = None
         self._error: RemoteProtocolError | None = None
         self._closed = False
+        self.last_wire = b""
+        """The bytes (header and payload) of the last message returned."""
 
     @property
     def error(self) -> RemoteProtocolError | None:
@@ -281,7 +283,8 @@ class Decoder:
         end = HEADER_SIZE + header.size
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[HEADER_SIZE:end])
+        wire = bytes(self._buffer[:end])
+        body = wire[HEADER_SIZE:]
         fds = self._claim_fds(self._offset, self._offset + end, header.request)
         try:
             rule = _rule_for_size(header.rules, header.size)
@@ -297,6 +300,7 @@ class Decoder:
         del self._buffer[:end]
         self._offset += end
         self._header = None
+        self.last_wire = wire
         return Message(header.request, payload, header.flags, fds)
 
     def __iter__(self) -> Iterator[Message]:
