@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 
@@ -113,6 +114,11 @@ async def _serve(args: argparse.Namespace) -> int:
     # Before listening: the first QEMU (and a migration's destination) meets
     # a relay whose code paths already ran (proxy.warm).
     await warm_up(policy)
+    # What start-up and warming allocated lives as long as the process: out
+    # of the collector's way, so that a collection in the middle of a
+    # migration's device start does not walk it all.
+    gc.collect()
+    gc.freeze()
     server = ProxyServer(policy, frontend, backend, options=options,
                          board=board, name=args.iface or "proxy",
                          timings=RelayTimings(cpu=args.stats_file is not None))
