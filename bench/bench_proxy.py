@@ -16,6 +16,27 @@ proxied set-up so that drift of the machine hits both alike:
   :class:`~vhostcompat.proxy.Relay` in the same event loop (each round trip
   is two messages through the proxy).
 
+End-to-end figures on a shared 2-core machine under TCG move by tens of
+milliseconds between runs, so the proxy's own cost is also measured where
+noise cannot hide it:
+
+* **per message**: every proxy child writes the relay time of each message
+  it relayed (``--stats-file``: received from one socket to forwarded on the
+  other, :mod:`vhostcompat.proxy.timings`); p50 and p99 in microseconds by
+  request and direction, over every proxied start and migration of the run
+  (target: p50 at most 50 us);
+* **per migration**: the relay time of the messages the two proxies relayed
+  while the VM was stopped, from the source's device stop (the burst of
+  source messages that ends at QMP's ``STOP`` event: QEMU stops vhost
+  before it emits the event) to the end of the destination's device start
+  (the burst that begins at ``RESUME``: QEMU emits it, then starts vhost,
+  then the vCPUs); the sum is an upper bound on what the proxies add to the
+  downtime, since QEMU waits only for the replies (target: at most 1 ms per
+  interface).
+
+The end-to-end ratios come with a 95 % bootstrap confidence interval
+(resampling each variant's samples).
+
     python -m bench.bench_proxy [--repeat 10] [--json]
 """
 
@@ -23,15 +44,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
+import random
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from qemu.qmp import EventListener
 
 from bench.bench_start import PHASES, Sample, compare, dpdk_testpmd_backend, summarise
 from bench.common import (
@@ -49,6 +75,15 @@ from vhostcompat.lab.commands import ProxyMode
 from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 from vhostcompat.profiles import CompatProfile
 from vhostcompat.proxy import ProxyPolicy, Relay
+from vhostcompat.proxy.timings import (
+    REPLY,
+    REQUEST,
+    RelayTimings,
+    Timing,
+    percentile,
+    timings_from_json,
+)
+from vhostcompat.proxy.timings import summarise as summarise_timings
 from vhostcompat.transport import FdConnection, MessageConnection
 from vhostcompat.vhostuser import U64, Channel, FrontendRequest, Message, Role, make_reply
 
@@ -58,6 +93,12 @@ MODE = "debian12.dpdk-vhost.v22.11"
 VHOST_TIMEOUT = 10.0
 SAMPLE_TIMEOUT = 60.0
 CONTROL_SECONDS = 2.0
+BOOTSTRAP_RESAMPLES = 2000
+# Messages closer than this belong to one burst (QEMU's device stop sends its
+# requests back to back; the migration's RAM copy separates it from the
+# start-of-migration messages by far more).
+BURST_GAP_NS = 20_000_000
+SETTLE_SECONDS = 3 * BURST_GAP_NS / 1e9
 DIRECT, PROXIED = "direct", "proxy"
 
 
@@ -70,8 +111,100 @@ START_BACKENDS: dict[str, BenchBackend] = {
 
 # -- migration downtime ------------------------------------------------------------------
 
-async def migrate_once(proxied: bool) -> dict[str, Any]:
-    """One migration between two fresh hosts; QEMU's final query-migrate answer."""
+def _event_ns(listener: EventListener, name: str) -> int:
+    """CLOCK_REALTIME ns of the first ``name`` event a listener saw."""
+    for event in listener.history:
+        stamp = event.get("timestamp")
+        if event.get("event") == name and isinstance(stamp, dict):
+            return int(stamp["seconds"]) * 1_000_000_000 + int(stamp["microseconds"]) * 1000
+    raise InputError(f"QEMU sent no {name} event during the migration")
+
+
+def _read_stats(path: Path) -> tuple[list[Timing], int]:
+    try:
+        return timings_from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
+        raise InputError(f"proxy stats {path}: {error}") from None
+
+
+def stop_started(timings: Sequence[Timing], offset_ns: int, stop_ns: int) -> int:
+    """When the source's VM really stopped (CLOCK_REALTIME ns).
+
+    QEMU stops the device (vhost: GET_VRING_BASE per ring...) in its stop
+    notifiers and only then emits the STOP event: the messages of that
+    stop come just before the event's timestamp. The stop started with the
+    first of the burst of source messages that runs into the event (gaps
+    under :data:`BURST_GAP_NS`); without such a burst, at the event.
+    """
+    received = sorted(timing.received_ns + offset_ns for timing in timings
+                      if timing.received_ns + offset_ns <= stop_ns)
+    if not received or stop_ns - received[-1] > BURST_GAP_NS:
+        return stop_ns
+    start = received[-1]
+    for earlier in reversed(received[:-1]):
+        if start - earlier > BURST_GAP_NS:
+            break
+        start = earlier
+    return start
+
+
+def stop_ended(timings: Sequence[Timing], offset_ns: int, resume_ns: int) -> int:
+    """When the destination's VM really ran again (CLOCK_REALTIME ns).
+
+    QEMU emits RESUME and then runs its start notifiers, which start the
+    device (vhost: SET_FEATURES, SET_MEM_TABLE, the rings...) before the
+    vCPUs run: the burst of destination messages that starts at the event
+    (gaps under :data:`BURST_GAP_NS`) is still stopped time; it ends when
+    the last of them was relayed.
+    """
+    after = sorted((timing.received_ns + offset_ns, timing.forwarded_ns + offset_ns)
+                   for timing in timings if timing.received_ns + offset_ns >= resume_ns)
+    if not after or after[0][0] - resume_ns > BURST_GAP_NS:
+        return resume_ns
+    end = after[0][1]
+    for received, forwarded in after[1:]:
+        if received - end > BURST_GAP_NS:
+            break
+        end = max(end, forwarded)
+    return end
+
+
+def stopped_share(timings: Sequence[Timing], offset_ns: int,
+                  window: tuple[int, int]) -> dict[str, float]:
+    """What one proxy relayed while the VM was stopped: the relay time of every
+    message (an upper bound on what it added), how many, and the latency of
+    the exchanges QEMU waited for (``waited_us``, see :func:`waited_for`)."""
+    stop, resume = window
+    inside = sorted((timing for timing in timings
+                     if stop <= timing.received_ns + offset_ns <= resume),
+                    key=lambda timing: timing.received_ns)
+    return {"relay_us": round(sum(timing.relay_us for timing in inside), 1),
+            "messages": len(inside), "waited_us": waited_for(inside)}
+
+
+def waited_for(timings: Sequence[Timing]) -> float:
+    """Latency (arrival to forwarded, us) of each reply and of the request it answers.
+
+    QEMU sends most device start and stop messages without waiting; it waits
+    where a reply is owed (GET_VRING_BASE, GET_STATUS, REPLY_ACK acks): those
+    exchanges are where the proxy's time becomes downtime, each counted from
+    the moment its bytes reached the proxy (waiting behind earlier messages
+    included).
+    """
+    total = 0.0
+    requests = [timing for timing in timings if timing.direction == REQUEST]
+    for reply in (timing for timing in timings if timing.direction == REPLY):
+        arrived = reply.arrived_ns or reply.received_ns
+        answered = [request for request in requests
+                    if request.request == reply.request and request.forwarded_ns <= arrived]
+        if answered:
+            total += answered[-1].latency_us
+        total += reply.latency_us
+    return round(total, 1)
+
+
+async def migrate_once(proxied: bool) -> MigrationSample:
+    """One migration between two fresh hosts: QEMU's figures and, proxied, the proxies'."""
     run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
     uri = f"unix:{run_dir / 'migration.sock'}"
     mode = ProxyMode(MODE) if proxied else None
@@ -81,22 +214,53 @@ async def migrate_once(proxied: bool) -> dict[str, Any]:
                 destination_proxy=mode) as (a, b):
             await a.qemu.driver().initialise()
             await qmp.wait_for_vhost_started(a.qemu, VHOST_TIMEOUT)
-            result = await qmp.migrate(a.qemu, b.qemu, uri)
+            with a.qemu.qmp.listener("STOP") as stops, b.qemu.qmp.listener("RESUME") as resumes:
+                result = await qmp.migrate(a.qemu, b.qemu, uri)
+                await qmp.wait_for_vhost_started(b.qemu, VHOST_TIMEOUT)
+                window = (_event_ns(stops, "STOP"), _event_ns(resumes, "RESUME"))
+                # Keep the destination's teardown (its device stop) out of the
+                # burst of its device start: a gap longer than BURST_GAP_NS.
+                await asyncio.sleep(SETTLE_SECONDS)
+        # The hosts are gone: the proxies wrote their stats as they exited.
         if result.get("status") != "completed":
             raise InputError(f"migration {'through the proxy' if proxied else 'direct'} "
                              f"ended {result.get('status')!r}")
-        return result
+        sample = MigrationSample(int(result["downtime"]), int(result["total-time"]))
+        if proxied:
+            source = _read_stats(run_dir / "a-proxy.stats.json")
+            destination = _read_stats(run_dir / "b-proxy.stats.json")
+            window = (stop_started(*source, window[0]), stop_ended(*destination, window[1]))
+            for side, (timings, offset) in (("source", source), ("destination", destination)):
+                sample.relayed.extend(timings)
+                sample.stopped[side] = stopped_share(timings, offset, window)
+        return sample
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def measure_migrations(repeat: int) -> dict[str, list[dict[str, int]]]:
-    samples: dict[str, list[dict[str, int]]] = {DIRECT: [], PROXIED: []}
+@dataclasses.dataclass
+class MigrationSample:
+    """One migration: QEMU's downtime and total time; through proxies, what they relayed."""
+
+    downtime_ms: int
+    total_time_ms: int
+    stopped: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Per side (source, destination): relay time and count while the VM was stopped."""
+    relayed: list[Timing] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"downtime_ms": self.downtime_ms,
+                                    "total_time_ms": self.total_time_ms}
+        if self.stopped:
+            document["proxy_while_stopped"] = self.stopped
+        return document
+
+
+async def measure_migrations(repeat: int) -> dict[str, list[MigrationSample]]:
+    samples: dict[str, list[MigrationSample]] = {DIRECT: [], PROXIED: []}
     for _ in range(repeat):
         for name, proxied in ((DIRECT, False), (PROXIED, True)):
-            result = await migrate_once(proxied)
-            samples[name].append({"downtime_ms": int(result["downtime"]),
-                                  "total_time_ms": int(result["total-time"])})
+            samples[name].append(await migrate_once(proxied))
     return samples
 
 
@@ -119,14 +283,17 @@ async def _round_trips(link: MessageConnection, seconds: float) -> int:
     return count
 
 
-async def control_rate(proxied: bool, seconds: float) -> float:
-    """GET_FEATURES round trips per second, direct or through one relay."""
+async def control_rate(proxied: bool, seconds: float,
+                       timings: RelayTimings | None = None) -> float:
+    """GET_FEATURES round trips per second, direct or through one relay (whose
+    per-message stamps go to ``timings``)."""
     front_peer, front_far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     frontend = MessageConnection(FdConnection(front_peer), Channel.FRONTEND, Role.FRONTEND)
     if proxied:
         back_near, back_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         profile = CompatProfile("bench.all", VirtioFeature(0xFFFF_FFFF_FFFF_FFFF))
-        relay = Relay(ProxyPolicy(profile), FdConnection(front_far), FdConnection(back_near))
+        relay = Relay(ProxyPolicy(profile), FdConnection(front_far), FdConnection(back_near),
+                      timings=timings)
         relaying: asyncio.Task[Any] = asyncio.create_task(relay.run())
         backend = MessageConnection(FdConnection(back_peer), Channel.FRONTEND, Role.BACKEND)
     else:
@@ -142,11 +309,12 @@ async def control_rate(proxied: bool, seconds: float) -> float:
     return count / seconds
 
 
-async def measure_control(repeat: int, seconds: float) -> dict[str, list[float]]:
+async def measure_control(repeat: int, seconds: float,
+                          timings: RelayTimings) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {DIRECT: [], PROXIED: []}
     for _ in range(repeat):
         for name, proxied in ((DIRECT, False), (PROXIED, True)):
-            rates[name].append(await control_rate(proxied, seconds / repeat))
+            rates[name].append(await control_rate(proxied, seconds / repeat, timings))
     return rates
 
 
@@ -160,25 +328,82 @@ def _ratio(proxied: float, direct: float) -> float | None:
     return round(proxied / direct, 3) if direct else None
 
 
-def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Sequence[Mapping[
-        str, int]]], control: Mapping[str, Sequence[float]], repeat: int) -> dict[str, Any]:
+def bootstrap_interval(direct: Sequence[float], proxied: Sequence[float],
+                       statistic: Callable[[Sequence[float], Sequence[float]], float], *,
+                       resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 11) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``statistic(direct, proxied)``.
+
+    Each variant's samples are resampled with replacement on their own (they
+    are independent runs, interleaved in time); the seed is fixed so a
+    document can be recomputed from its samples.
+    """
+    chooser = random.Random(seed)
+    values = sorted(statistic(chooser.choices(direct, k=len(direct)),
+                              chooser.choices(proxied, k=len(proxied)))
+                    for _ in range(resamples))
+    return (round(percentile(values, 0.025), 3), round(percentile(values, 0.975), 3))
+
+
+def _median_ratio(direct: Sequence[float], proxied: Sequence[float]) -> float:
+    return statistics.median(proxied) / statistics.median(direct)
+
+
+def _mean_difference(direct: Sequence[float], proxied: Sequence[float]) -> float:
+    return statistics.fmean(proxied) - statistics.fmean(direct)
+
+
+def _share_summary(samples: Sequence[MigrationSample]) -> dict[str, Any]:
+    """The proxies' time while the VM was stopped, per side and per migration."""
+    per_side: dict[str, dict[str, float]] = {}
+    for side in ("source", "destination"):
+        shares = [sample.stopped[side] for sample in samples if side in sample.stopped]
+        if shares:
+            relay = [share["relay_us"] for share in shares]
+            waited = [share["waited_us"] for share in shares]
+            per_side[side] = {"median_us": _median(relay), "max_us": round(max(relay), 1),
+                              "waited_median_us": _median(waited),
+                              "messages_median": _median([share["messages"]
+                                                          for share in shares])}
+
+    def per_migration(key: str) -> dict[str, float | None]:
+        totals = [sum(share[key] for share in sample.stopped.values())
+                  for sample in samples if sample.stopped]
+        return {"median": _median(totals) if totals else None,
+                "max": round(max(totals), 1) if totals else None}
+
+    return {"per_side": per_side, "per_migration_us": per_migration("relay_us"),
+            "waited_per_migration_us": per_migration("waited_us")}
+
+
+def report(start: Mapping[str, Sequence[Sample]],
+           migrations: Mapping[str, Sequence[MigrationSample]],
+           control: Mapping[str, Sequence[float]], repeat: int,
+           control_timings: Sequence[Timing] = ()) -> dict[str, Any]:
     start_medians = {name: {phase: summary["median_ms"]
                             for phase, summary in summarise(samples).items()}
                      for name, samples in start.items()}
-    migration_medians = {name: {key: _median([s[key] for s in samples])
-                                for key in ("downtime_ms", "total_time_ms")}
+    downtimes = {name: [float(sample.downtime_ms) for sample in samples]
+                 for name, samples in migrations.items()}
+    migration_medians = {name: {"downtime_ms": _median(downtimes[name]),
+                                "total_time_ms": _median([s.total_time_ms for s in samples])}
                          for name, samples in migrations.items()}
     # QEMU's downtime under TCG comes in steps of ~40 ms: the mean says more
     # than the median about a shift of a few milliseconds.
-    downtime_means = {name: round(statistics.mean(s["downtime_ms"] for s in samples), 1)
-                      for name, samples in migrations.items()}
+    downtime_means = {name: round(statistics.mean(values), 1)
+                      for name, values in downtimes.items()}
     control_medians = {name: _median(rates) for name, rates in control.items()}
+    started = {name: [sample.vhost_started for sample in samples]
+               for name, samples in start.items()}
+    relayed = [timing for sample in migrations[PROXIED] for timing in sample.relayed]
     return {
         "benchmark": "vhostcompat proxy: direct vs through the proxy",
         "repeat": repeat,
         "start_ms": {"median": start_medians,
                      "ratio": {phase: _ratio(start_medians[PROXIED][phase],
                                              start_medians[DIRECT][phase]) for phase in PHASES},
+                     "vhost_started_ratio_ci95": list(bootstrap_interval(
+                         started[DIRECT], started[PROXIED], _median_ratio)),
                      "samples": {name: [sample.milliseconds() for sample in samples]
                                  for name, samples in start.items()}},
         "migration_ms": {"median": migration_medians,
@@ -187,9 +412,14 @@ def report(start: Mapping[str, Sequence[Sample]], migrations: Mapping[str, Seque
                              "median": round(migration_medians[PROXIED]["downtime_ms"]
                                              - migration_medians[DIRECT]["downtime_ms"], 1),
                              "mean": round(downtime_means[PROXIED] - downtime_means[DIRECT],
-                                           1)},
-                         "samples": {name: list(samples) for name, samples in
-                                     migrations.items()}},
+                                           1),
+                             "mean_ci95": list(bootstrap_interval(
+                                 downtimes[DIRECT], downtimes[PROXIED], _mean_difference))},
+                         "samples": {name: [sample.to_json() for sample in samples]
+                                     for name, samples in migrations.items()}},
+        "proxy_while_stopped": _share_summary(migrations[PROXIED]),
+        "relay_us": {"qemu_and_testpmd": summarise_timings(relayed),
+                     "in_process_get_features": summarise_timings(control_timings)},
         "control_round_trips_per_s": {
             "median": control_medians,
             "messages_per_s_through_proxy": round(2 * control_medians[PROXIED]),
@@ -218,14 +448,43 @@ def render(document: Document) -> str:
                  f"{control['median'][PROXIED]:>12.0f}")
     lines.append(f"control messages/s through the proxy: "
                  f"{control['messages_per_s_through_proxy']}")
+    low, high = start["vhost_started_ratio_ci95"]
+    lines.append(f"start to vhost running, ratio of medians: {start['ratio']['vhost_started']}"
+                 f" (95% CI {low}-{high})")
+    low, high = migration["downtime_difference"]["mean_ci95"]
+    lines.append(f"downtime, proxy minus direct (mean): "
+                 f"{migration['downtime_difference']['mean']} ms (95% CI {low} to {high})")
+    share = document["proxy_while_stopped"]
+    lines.append("while the VM was stopped, per migration (us, median / max): relay time "
+                 f"{share['per_migration_us']['median']} / {share['per_migration_us']['max']}"
+                 f", of it on exchanges QEMU waited for "
+                 f"{share['waited_per_migration_us']['median']} / "
+                 f"{share['waited_per_migration_us']['max']}")
+    for side, figures in share["per_side"].items():
+        lines.append(f"  {side}: {figures['messages_median']:g} messages, relay time median "
+                     f"{figures['median_us']} us (max {figures['max_us']}), waited for "
+                     f"{figures['waited_median_us']} us")
+    lines.append("relay time per message (us), QEMU + testpmd runs (wall; proxy CPU):")
+    lines.append(f"  {'request':<36}{'count':>7}{'p50':>9}{'p99':>9}{'cpu p50':>9}"
+                 f"{'cpu p99':>9}")
+    for key, figures in document["relay_us"]["qemu_and_testpmd"].items():
+        cpu = (f"{figures['cpu_p50_us']:>9.1f}{figures['cpu_p99_us']:>9.1f}"
+               if "cpu_p50_us" in figures else "")
+        lines.append(f"  {key:<36}{figures['count']:>7}{figures['p50_us']:>9.1f}"
+                     f"{figures['p99_us']:>9.1f}{cpu}")
+    in_process = document["relay_us"]["in_process_get_features"].get("all")
+    if in_process:
+        lines.append(f"  in-process GET_FEATURES, all: p50 {in_process['p50_us']} us, "
+                     f"p99 {in_process['p99_us']} us")
     return "\n".join(lines)
 
 
 async def measure(repeat: int, control_seconds: float) -> dict[str, Any]:
     start = await compare(START_BACKENDS, repeat)
     migrations = await measure_migrations(repeat)
-    control = await measure_control(repeat, control_seconds)
-    return report(start, migrations, control, repeat)
+    timings = RelayTimings()
+    control = await measure_control(repeat, control_seconds, timings)
+    return report(start, migrations, control, repeat, list(timings.samples))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,9 @@ from vhostcompat.transport import (
     FdConnection,
     FdTransferError,
     MessageConnection,
+    PeerStalledError,
     SocketPathError,
+    StallTimeouts,
     connect,
     listen,
 )
@@ -387,3 +389,49 @@ def test_received_fds_are_closed_when_the_message_is_refused() -> None:
         backend.close()
         left.close()
     run(scenario)
+
+
+def test_a_full_backlog_is_never_a_connection(short_dir: Path) -> None:
+    """asyncio reports a Unix connect that got EAGAIN (backlog full) as connected."""
+    path = short_dir / "full.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)  # never accepted: the backlog fills at once
+    waiting: list[socket.socket] = []
+
+    async def scenario() -> None:
+        for _ in range(4):  # fill it (the kernel allows backlog + 1)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                sock.close()
+                break
+            waiting.append(sock)
+        with pytest.raises(ConnectError, match="backlog is full"):
+            await connect(path)
+
+    try:
+        run_bounded(scenario(), 10)
+    finally:
+        for sock in waiting:
+            sock.close()
+        listener.close()
+
+
+def test_a_peer_that_stops_mid_message_or_never_speaks_is_cut_off() -> None:
+    async def scenario() -> None:
+        for sent, reason in ((b"\x01\x00\x00\x00", "stalled in the middle of a message"),
+                             (b"", "sent no message within")):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            link = MessageConnection(FdConnection(ours), Channel.FRONTEND, Role.BACKEND,
+                                     timeouts=StallTimeouts(first_message=0.2, message=0.2))
+            if sent:
+                theirs.send(sent)
+            with pytest.raises(PeerStalledError, match=reason):
+                await link.recv_message()
+            link.close()
+            theirs.close()
+
+    run_bounded(scenario(), 10)

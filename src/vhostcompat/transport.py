@@ -24,10 +24,15 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
+import math
 import os
 import socket
 import stat
+import tempfile
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -101,6 +106,34 @@ class FdTransferError(RemoteProtocolError):
     """The peer's ancillary data was unusable (too many fds, truncated)."""
 
 
+class PeerStalledError(RemoteProtocolError):
+    """The peer sent no message in time after connecting, or stopped mid-message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StallTimeouts:
+    """How long a peer may take (seconds; None: forever).
+
+    ``first_message``: from connecting to its first complete message (a
+    front-end speaks first: QEMU sends GET_FEATURES within milliseconds);
+    ``message``: from a message's first byte to its last. An idle peer
+    between messages is never timed out: a running VM sends nothing for days.
+    """
+
+    first_message: float | None = None
+    message: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("first_message", "message"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"{name.replace('_', ' ')} timeout must be a positive "
+                                 f"number of seconds, not {value}")
+
+
+DEFAULT_STALL_TIMEOUTS = StallTimeouts(first_message=10.0, message=5.0)
+
+
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
@@ -129,6 +162,8 @@ class FdConnection:
         self._recv_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._waiters: set[asyncio.Future[None]] = set()
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._reading = False  # whether our reader is registered with the loop
         self._closed = False
         self.name = name or f"fd{self._fd}"
         self.log = ConnectionLog(_log, self.name)
@@ -215,26 +250,54 @@ class FdConnection:
             raise ConnectionClosedError(f"{self.name}: connection closed")
 
     async def _wait(self, *, readable: bool) -> None:
+        if readable:
+            await self._wait_readable()
+            return
         waiter: asyncio.Future[None] = self._loop.create_future()
 
         def wake() -> None:
             if not waiter.done():
                 waiter.set_result(None)
 
-        if readable:
-            self._loop.add_reader(self._fd, wake)
-        else:
-            self._loop.add_writer(self._fd, wake)
+        self._loop.add_writer(self._fd, wake)
         self._waiters.add(waiter)
         try:
             await waiter
         finally:
             self._waiters.discard(waiter)
             if not self._closed:
-                if readable:
-                    self._loop.remove_reader(self._fd)
-                else:
-                    self._loop.remove_writer(self._fd)
+                self._loop.remove_writer(self._fd)
+
+    async def _wait_readable(self) -> None:
+        """Wait until the socket is readable.
+
+        The reader stays registered between waits: a relay waits for the
+        next message right after handling one, and registering and
+        unregistering with epoll around every message was a fifth of the
+        relay's time. It is dropped when the socket becomes readable with
+        nobody waiting (epoll is level-triggered: it would fire again and
+        again).
+        """
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._read_waiter = waiter
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if self._read_waiter is waiter:
+                self._read_waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif not self._closed:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
 
 
 def _check_path_length(path: str) -> None:
@@ -347,13 +410,75 @@ class Listener:
         await self.wait_closed()
 
 
+DEFAULT_SOCKET_MODE = 0o660
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketPermissions:
+    """Who may connect to a socket we listen on: its mode, and its group (a gid).
+
+    Connecting to a Unix socket needs write permission on it. The default,
+    0660, lets the owner and the socket's group in (the group is the
+    process's unless ``group`` says otherwise) and nobody else, whatever the
+    umask says.
+    """
+
+    mode: int = DEFAULT_SOCKET_MODE
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mode <= 0o777:
+            raise InputError(f"socket mode {self.mode:#o} is not a permission mode "
+                             "(0 to 0777)")
+
+
+def _bind_with_permissions(sock: socket.socket, where: str,
+                           permissions: SocketPermissions) -> None:
+    """Bind ``sock`` to ``where`` with exactly ``permissions``, never anything wider.
+
+    The socket is bound in a fresh private directory (mode 0700) beside
+    ``where``, given its mode and group there, and renamed into place: no
+    one can connect before its permissions are right, and the umask plays
+    no part.
+    """
+    directory = os.path.dirname(where) or "."
+    if len(os.fsencode(os.path.join(directory, ".vXXXXXXXX/s"))) > MAX_SOCKET_PATH:
+        # No room for the staging name: bind in place with every permission
+        # masked (only root can connect), then open it up to the mode.
+        previous = os.umask(0o777)
+        try:
+            sock.bind(where)
+        finally:
+            os.umask(previous)
+        _apply_permissions(where, permissions)
+        return
+    private = tempfile.mkdtemp(prefix=".v", dir=directory)
+    staged = os.path.join(private, "s")
+    try:
+        sock.bind(staged)
+        _apply_permissions(staged, permissions)
+        os.rename(staged, where)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+
+
+def _apply_permissions(path: str, permissions: SocketPermissions) -> None:
+    if permissions.group is not None:
+        os.chown(path, -1, permissions.group)
+    os.chmod(path, permissions.mode)
+
+
 async def listen(path: str | os.PathLike[str], on_connection: Handler, *,
-                 backlog: int = 16) -> Listener:
-    """Listen on a Unix socket path (the server role).
+                 backlog: int = 16, permissions: SocketPermissions | None = None) -> Listener:
+    """Listen on a Unix socket path (the server role), with ``permissions``.
 
     A stale socket file is replaced; a regular file, a symlink, a socket
     someone listens on or a path over the length limit is refused with
-    :class:`SocketPathError`.
+    :class:`SocketPathError`. The socket gets ``permissions`` (default:
+    :class:`SocketPermissions`'s 0660) whatever the umask.
     """
     where = os.fspath(path)
     _check_path_length(where)
@@ -361,7 +486,7 @@ async def listen(path: str | os.PathLike[str], on_connection: Handler, *,
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.bind(where)
+        _bind_with_permissions(sock, where, permissions or SocketPermissions())
         sock.listen(backlog)
     except OSError as error:
         sock.close()
@@ -374,7 +499,8 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
                   name: str = "") -> FdConnection:
     """Connect to a Unix socket path (the client role).
 
-    While nobody listens (no socket yet, or connection refused) retry for up
+    While nobody listens (no socket yet, connection refused, or a backlog
+    full: asyncio would report that as connected, see _check_connected) retry for up
     to ``retry_for`` seconds, waiting ``backoff`` seconds after the first
     failure and doubling up to ``max_backoff``; then raise
     :class:`ConnectError`. A path that exists but is not a socket is refused
@@ -395,7 +521,8 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, where)
-        except (FileNotFoundError, ConnectionRefusedError) as error:
+            _check_connected(sock)
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as error:
             sock.close()
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -414,6 +541,21 @@ async def connect(path: str | os.PathLike[str], *, retry_for: float = 0.0,
         return FdConnection(sock, name=name)
 
 
+def _check_connected(sock: socket.socket) -> None:
+    """Raise BlockingIOError unless ``sock`` really is connected.
+
+    A non-blocking connect to a Unix socket whose backlog is full fails with
+    EAGAIN, and asyncio then reports success once the socket is writable
+    although it never connected: treat it as "try again".
+    """
+    try:
+        sock.getpeername()
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise BlockingIOError(errno.EAGAIN, "the listener's backlog is full") from None
+        raise
+
+
 class MessageConnection:
     """vhost-user messages over an :class:`FdConnection`.
 
@@ -422,13 +564,53 @@ class MessageConnection:
     receives front-end requests and sends replies.
     """
 
-    def __init__(self, connection: FdConnection, channel: Channel, role: Role) -> None:
+    def __init__(self, connection: FdConnection, channel: Channel, role: Role, *,
+                 timeouts: StallTimeouts | None = None) -> None:
         self.connection = connection
         self.channel = channel
         self.role = role
         self.decoder = Decoder(channel, sender=role.peer)
         self._eof = False
         self.log: Log = connection.log
+        self.timeouts = timeouts or StallTimeouts()
+        self.received = 0
+        loop = asyncio.get_running_loop()
+        self._time = loop.time
+        self._connected_at = loop.time()
+        first = self.timeouts.first_message
+        self._first_deadline = None if first is None else self._connected_at + first
+        self._message_started: float | None = None
+        self._message_deadline: float | None = None
+        self._chunk_ns = self._chunk_cpu_ns = self._arrival_ns = 0
+        self.cpu_clock: Callable[[], int] | None = None
+        """Set (to ``time.thread_time_ns``) to stamp :attr:`received_cpu_ns` too."""
+        self.received_cpu_ns = 0
+        self.last_wire = b""
+        """The bytes of the last message returned, as they came (header and payload)."""
+        self.arrived_ns = 0
+        """When the bytes completing the last message returned came in (monotonic ns)."""
+        self.received_ns = 0
+        """When the last message returned was there to handle (monotonic ns; see
+        :meth:`recv_message`)."""
+
+    @property
+    def stall_deadline(self) -> float | None:
+        """The loop time at which the peer is cut off for stalling, if it is running late."""
+        if self.received == 0 and self._first_deadline is not None:
+            if self._message_deadline is None:
+                return self._first_deadline
+            return min(self._first_deadline, self._message_deadline)
+        return self._message_deadline
+
+    def stalling_for(self) -> float:
+        """Seconds the peer has owed us the rest of a message (or its first one); 0 if none."""
+        if self.received == 0:
+            since: float | None = self._connected_at
+        elif self.decoder.buffered:
+            since = self._message_started
+        else:
+            since = None
+        return 0.0 if since is None else self._time() - since
 
     async def recv_message(self) -> Message | None:
         """The next message from the peer, or None once the peer closed cleanly.
@@ -436,17 +618,36 @@ class MessageConnection:
         Raises :class:`~vhostcompat.errors.RemoteProtocolError` for a message
         the codec refuses (its fds closed) or a stream cut mid-message; the
         connection should then be closed.
+
+        :attr:`received_ns` is then when the message was there for us to
+        handle: when the bytes that completed it came in, or, for one that
+        came in the same chunk as earlier ones, now (the caller was busy with
+        those until now).
         """
+        self._stamp()
         while True:
             message = self.decoder.next_message()
             if message is not None:
+                self.last_wire = self.decoder.last_wire
+                self.received_ns = self._chunk_ns
+                self.received_cpu_ns = self._chunk_cpu_ns
+                self.arrived_ns = self._arrival_ns
+                self.received += 1
+                # The next message gets its own time.
+                self._message_started = self._message_deadline = None
                 if self.log.isEnabledFor(logging.DEBUG):
                     self.log.debug("<-- %s", message)
                 return message
             if self._eof:
                 return None
+            if self.decoder.buffered and self._message_started is None:
+                self._message_started = self._time()
+                if self.timeouts.message is not None:
+                    self._message_deadline = self._message_started + self.timeouts.message
             try:
-                data, fds = await self.connection.recv()
+                data, fds = await self._recv_before(self.stall_deadline)
+                self._stamp()
+                self._arrival_ns = self._chunk_ns
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
                 self.decoder.close()
@@ -457,9 +658,36 @@ class MessageConnection:
                 return None
             self.decoder.feed(data, fds)
 
-    async def send_message(self, message: Message) -> None:
-        """Encode and send ``message``; its fds stay the caller's."""
-        data, fds = encode(message)
+    def _stamp(self) -> None:
+        self._chunk_ns = time.monotonic_ns()
+        if self.cpu_clock is not None:
+            self._chunk_cpu_ns = self.cpu_clock()
+
+    async def _recv_before(self, deadline: float | None) -> tuple[bytes, list[int]]:
+        if deadline is None:
+            return await self.connection.recv()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.connection.recv()
+        except TimeoutError:
+            raise self._stalled() from None
+
+    def _stalled(self) -> PeerStalledError:
+        if self.decoder.buffered:
+            return PeerStalledError(
+                f"stalled in the middle of a message ({self.decoder.buffered} bytes "
+                f"received, nothing more for {self.timeouts.message:g} s); closing")
+        return PeerStalledError(f"sent no message within {self.timeouts.first_message:g} s "
+                                "of connecting; closing")
+
+    async def send_message(self, message: Message, wire: bytes | None = None) -> None:
+        """Encode and send ``message``; its fds stay the caller's.
+
+        ``wire``: the message's bytes as they were received (:attr:`last_wire`
+        of the connection it came from), to forward it unchanged without
+        encoding it again.
+        """
+        data, fds = (wire, message.fds) if wire is not None else encode(message)
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
         await self.connection.send(data, fds)

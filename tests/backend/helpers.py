@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import mmap
 import os
 import struct
@@ -94,10 +95,9 @@ class RingPlace:
 class FakeGuest:
     """Guest RAM in a memfd, mapped here too so tests can play the driver."""
 
-    def __init__(self, size: int = GUEST_SIZE) -> None:
+    def __init__(self, size: int = GUEST_SIZE, *, seal: bool = True) -> None:
         self.size = size
-        self.fd = os.memfd_create("fake-guest", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
+        self.fd = memfd(size, "fake-guest", seal=seal)
         self.memory = mmap.mmap(self.fd, size)
 
     def region(self, size: int | None = None, guest: int = GUEST_BASE, user: int = USER_BASE,
@@ -147,9 +147,12 @@ class FakeGuest:
         os.close(self.fd)
 
 
-def memfd(size: int, name: str = "test") -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+def memfd(size: int, name: str = "test", *, seal: bool = True) -> int:
+    """A memfd of ``size`` bytes, sealed against shrinking as QEMU's are (unless told not)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if seal:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
 
@@ -163,8 +166,8 @@ class Frontend:
         self.messages = MessageConnection(connection, Channel.FRONTEND, Role.FRONTEND)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> Frontend:
-        return cls(await connect(path, name="test-frontend"))
+    async def open(cls, path: str | os.PathLike[str], retry_for: float = 0.0) -> Frontend:
+        return cls(await connect(path, name="test-frontend", retry_for=retry_for))
 
     async def send(self, request: FrontendRequest, payload: Payload = EMPTY,
                    fds: Sequence[int] = (), *, need_reply: bool = False) -> None:

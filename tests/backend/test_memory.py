@@ -83,7 +83,7 @@ def test_overlapping_user_ranges_and_unmappable_fds_are_refused(guest: FakeGuest
                           MemoryRegion(MIB, MIB, USER_BASE + MIB - 4096, MIB)],
                          [guest.fd, guest.fd])
     read_end, write_end = os.pipe()
-    with pytest.raises(GuestMemoryError, match="out of bounds"):
+    with pytest.raises(GuestMemoryError, match="cannot be sealed"):
         memory.set_table([MemoryRegion(0, 4096, USER_BASE, 0)], [read_end])
     os.close(read_end)
     os.close(write_end)

@@ -36,7 +36,7 @@ from types import MappingProxyType
 
 from vhostcompat.backend.config import MAX_MEMORY_SLOTS, BackendConfig
 from vhostcompat.backend.memory import DirtyLog, GuestMemory, GuestMemoryError
-from vhostcompat.backend.virtqueue import RingError, Virtqueue, is_transmit_ring
+from vhostcompat.backend.virtqueue import RingError, Virtqueue, eventfd_problem, is_transmit_ring
 from vhostcompat.errors import RemoteProtocolError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, format_mask
 from vhostcompat.transport import Log
@@ -121,13 +121,16 @@ class NetDevice:
         if entry is None:
             close_fds(message.fds)
             raise UnsupportedRequestError(message.request)
+        paused = self._pause_drains()
         try:
             payload = entry.handler(self, message)
         finally:
             # A keeps_fds handler owns the fds from the call on (it stores
-            # them first); close() releases them with the device.
+            # them first, or closes one it refuses); close() releases them
+            # with the device.
             if not entry.keeps_fds:
                 close_fds(message.fds)
+        self._restart_drains(paused)
         if not self.session.reply_expected(message):
             return None
         reply = make_ack(message) if payload is None else make_reply(message, payload)
@@ -190,23 +193,54 @@ class NetDevice:
         queue = self.queues.get(index)
         if queue is None:
             return
-        queue.consume_kick()
-        if self._processing(index):
+        try:
+            queue.consume_kick()
+        except RingError as error:
+            self.log.error("ring %d stopped: %s", index, error.reason)
+            return
+        if self._processing(index) and not queue.draining:
             self._drain(index)
 
     def _drain(self, index: int) -> None:
+        """Start draining ring ``index``, one bounded slice now, the rest from the loop."""
         queue = self.queue(index)
         ring = self.session.rings[index]
+        queue.start_drain(ring, self.memory,
+                          self.dirty_log if self.logging_dirty_pages else None,
+                          self.acked_features)
+        self._drain_slice(index)
+
+    def _drain_slice(self, index: int) -> None:
+        queue = self.queues.get(index)
+        if queue is None or self.closed:
+            return
+        queue.continuation = None
         try:
-            queue.drain(ring, self.memory,
-                        self.dirty_log if self.logging_dirty_pages else None,
-                        self.acked_features)
+            finished = queue.drain_slice()
         except RingError as error:
             # The guest's doing, not the frontend's: this ring stops, the others go on.
             self.log.error("ring %d stopped: %s", index, error.reason)
+            return
         except Exception:
             queue.stop()
             self.log.exception("ring %d stopped: unexpected failure", index)
+            return
+        if not finished:
+            # Yield: every other connection is served before the next slice.
+            queue.continuation = self._loop.call_soon(self._drain_slice, index)
+
+    def _pause_drains(self) -> list[int]:
+        """Abandon the drains in progress (a request may change what they read)."""
+        paused = [index for index, queue in self.queues.items() if queue.draining]
+        for index in paused:
+            self.queues[index].cancel_drain()
+        return paused
+
+    def _restart_drains(self, paused: list[int]) -> None:
+        for index in paused:
+            queue = self.queues.get(index)
+            if queue is not None and not queue.draining and self._processing(index):
+                self._drain(index)
 
     def _stop_all(self) -> None:
         for queue in self.queues.values():
@@ -293,9 +327,18 @@ def _get_vring_base(device: NetDevice, message: Message) -> Payload:
 
 
 def _vring_file(message: Message) -> tuple[int, int | None]:
+    """The ring index and its eventfd (None: polling); a fd that is not an
+    eventfd is closed and refused (the handlers keep fds: it is ours)."""
     file = message.payload
     assert isinstance(file, VringFile)
-    return file.index, None if file.invalid_fd else message.fds[0]
+    if file.invalid_fd:
+        return file.index, None
+    fd = message.fds[0]
+    problem = eventfd_problem(fd)
+    if problem is not None:
+        close_fds([fd])
+        raise DeviceRequestError(message.request, f"ring {file.index}: {problem}")
+    return file.index, fd
 
 
 def _set_vring_kick(device: NetDevice, message: Message) -> None:

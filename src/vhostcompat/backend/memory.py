@@ -14,6 +14,17 @@ A table is checked before anything is mapped (each fd must be at least
 session already refused overlapping guest ranges) and mapped all or
 nothing.
 
+A size checked once is only worth something if it cannot change: a
+frontend that shrinks its file (``ftruncate``) after the check would make
+the next access to the mapping fault (SIGBUS), killing the process and
+every connection it serves. So every memory fd, and the dirty log's, must
+be a memfd sealed against shrinking (``F_SEAL_SHRINK``, read with
+``F_GET_SEALS``), and the size is checked after the seal is seen. QEMU's
+``memory-backend-memfd`` seals ``F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL``
+by default (``seal=on``; seen with QEMU 7.2 and 10.0), as does its dirty
+log. A file-backed region (``memory-backend-file``, hugetlbfs files)
+cannot be sealed and is refused with that reason.
+
 :class:`DirtyLog` is the migration log of SET_LOG_BASE: a bitmap with one
 bit per 4 KiB guest page (bit ``page % 8`` of byte ``page // 8``, as QEMU's
 vhost code reads it). Whatever the backend writes into guest memory while
@@ -31,6 +42,7 @@ never fail for an export still alive.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import itertools
 import mmap
 import os
@@ -63,6 +75,18 @@ class GuestMemoryError(RemoteProtocolError):
 
 
 def _fd_size(fd: int, what: str) -> int:
+    """The size of a memory fd that can no longer shrink (see the module docstring)."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as error:
+        raise GuestMemoryError(
+            f"{what}: fd {fd} cannot be sealed ({error.strerror}): only a memfd sealed "
+            "against shrinking (F_SEAL_SHRINK, QEMU's memory-backend-memfd default) is "
+            "accepted") from None
+    if not seals & fcntl.F_SEAL_SHRINK:
+        raise GuestMemoryError(
+            f"{what}: fd {fd} is not sealed against shrinking (F_SEAL_SHRINK; seals "
+            f"{seals:#x}): a frontend could shrink it under the mapping")
     try:
         return os.fstat(fd).st_size
     except OSError as error:

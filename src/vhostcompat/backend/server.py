@@ -13,7 +13,10 @@ refuses, a memory table out of bounds, an unsupported request) is logged as
 one ERROR line naming the connection, its peer and the reason; that
 connection is closed and everything its device holds is released (mappings
 unmapped, eventfds closed). The listener and every other connection carry
-on.
+on. A frontend that sends no message within the first-message timeout of
+connecting, or stops in the middle of a message for longer than the
+message timeout (:class:`~vhostcompat.transport.StallTimeouts`), is closed
+the same way: stalled peers never hold fds for good.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from pathlib import Path
 from vhostcompat.backend.config import BackendConfig
 from vhostcompat.backend.device import NetDevice
 from vhostcompat.errors import VhostCompatError
-from vhostcompat.transport import ConnectionLog, FdConnection, Listener, MessageConnection, listen
+from vhostcompat.transport import (
+    DEFAULT_STALL_TIMEOUTS,
+    ConnectionLog,
+    FdConnection,
+    Listener,
+    MessageConnection,
+    SocketPermissions,
+    StallTimeouts,
+    listen,
+)
 from vhostcompat.vhostuser import Channel, Role
 
 _log = logging.getLogger(__name__)
@@ -62,9 +74,13 @@ class ClosedConnection:
 class BackendServer:
     """The reference backend listening on ``path``; see :func:`serve_backend`."""
 
-    def __init__(self, config: BackendConfig, path: str | os.PathLike[str]) -> None:
+    def __init__(self, config: BackendConfig, path: str | os.PathLike[str], *,
+                 timeouts: StallTimeouts = DEFAULT_STALL_TIMEOUTS,
+                 permissions: SocketPermissions | None = None) -> None:
         self.config = config
         self.socket_path = Path(path)
+        self.timeouts = timeouts
+        self.permissions = permissions
         self.devices: dict[str, NetDevice] = {}
         """The devices of the connections being served, by connection name."""
         self.closed: list[ClosedConnection] = []
@@ -74,7 +90,8 @@ class BackendServer:
     async def start(self) -> None:
         for warning in self.config.warnings():
             _log.warning("%s", warning)
-        self._listener = await listen(self.socket_path, self._serve)
+        self._listener = await listen(self.socket_path, self._serve,
+                                      permissions=self.permissions)
         _log.info("listening on %s: %s", self.socket_path, self.config.describe())
 
     async def close(self) -> None:
@@ -87,7 +104,8 @@ class BackendServer:
     async def _serve(self, connection: FdConnection) -> None:
         log = ConnectionLog(_log, connection.name)
         peer = peer_description(connection)
-        messages = MessageConnection(connection, Channel.FRONTEND, Role.BACKEND)
+        messages = MessageConnection(connection, Channel.FRONTEND, Role.BACKEND,
+                                     timeouts=self.timeouts)
         messages.log = log
         device = NetDevice(self.config, log)
         self.devices[connection.name] = device
@@ -112,10 +130,12 @@ class BackendServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_backend(config: BackendConfig,
-                        path: str | os.PathLike[str]) -> AsyncIterator[BackendServer]:
+async def serve_backend(config: BackendConfig, path: str | os.PathLike[str], *,
+                        timeouts: StallTimeouts = DEFAULT_STALL_TIMEOUTS,
+                        permissions: SocketPermissions | None = None,
+                        ) -> AsyncIterator[BackendServer]:
     """Serve ``config``'s offer on the Unix socket ``path`` until the block exits."""
-    server = BackendServer(config, path)
+    server = BackendServer(config, path, timeouts=timeouts, permissions=permissions)
     await server.start()
     try:
         yield server

@@ -9,6 +9,11 @@ Exit statuses, for every subcommand:
   0  yes / success
   1  a clear "no" (incompatible, no common version)
   2  bad input or an unreachable host; the reason is one line on stderr
+
+The boundary is total: whatever a handler raises ends as one line on
+stderr. An unexpected exception (a bug, or input no check foresaw) is
+``vhostcompat: internal error: ...`` with exit 2, its traceback shown only
+with ``-v``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from vhostcompat import __version__
@@ -76,12 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except VhostCompatError as error:
-        print(f"vhostcompat: {error}", file=sys.stderr)
+        print(f"vhostcompat: {_one_line(str(error))}", file=sys.stderr)
         return error.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as error:  # the boundary: never a traceback unless asked for
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        detail = _one_line(str(error)) or "(no detail)"
+        print(f"vhostcompat: internal error: {type(error).__name__}: {detail}"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """``text`` on one line, cut to ``limit`` characters (a peer chose some of it)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 if __name__ == "__main__":

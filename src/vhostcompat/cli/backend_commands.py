@@ -28,18 +28,23 @@ from vhostcompat.cli.common import (
     EXIT_OK,
     Subparsers,
     add_command,
+    add_listening_options,
     catalog_from,
     emit_json,
     emit_report,
     run,
+    socket_permissions_from,
+    stall_timeouts_from,
 )
 from vhostcompat.errors import InputError
 from vhostcompat.features import parse_protocol, parse_virtio
+from vhostcompat.files import write_atomically
 from vhostcompat.probe import DEFAULT_TIMEOUT, probe
 from vhostcompat.profiles.catalog import catalog_entry_text
 from vhostcompat.profiles.model import VERSION_PATTERN, profile_to_mapping
 from vhostcompat.tap import TUN_PATH
 from vhostcompat.tapprobe import DEFAULT_MACHINE, probe_tap
+from vhostcompat.transport import SocketPermissions, StallTimeouts
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 QEMU_ENV = "VHOSTCOMPAT_QEMU"
@@ -75,20 +80,34 @@ def config_from(args: argparse.Namespace) -> BackendConfig:
 
 
 def _write_ready_file(path: Path, socket_path: Path) -> None:
-    # Written whole then renamed: a script polling for it never reads half a line.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(f"{socket_path}\n")
-    os.replace(partial, path)
+    # Written whole then renamed: a script polling for it never reads half a
+    # line, and a planted link is never followed (write_atomically).
+    try:
+        write_atomically(path, f"{socket_path}\n".encode())
+    except OSError as error:
+        raise InputError(f"--ready-file {path}: cannot write: "
+                         f"{error.strerror or error}") from None
+
+
+def _check_ready_file(path: Path) -> None:
+    """Refuse, before anything listens, a ready file that could never be written."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise InputError(f"--ready-file {path}: directory {directory} does not exist")
+    if path.is_dir():
+        raise InputError(f"--ready-file {path}: is a directory")
 
 
 async def _serve_until_stopped(config: BackendConfig, socket_path: Path,
-                               ready_file: Path | None) -> None:
+                               ready_file: Path | None, timeouts: StallTimeouts,
+                               permissions: SocketPermissions) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for number in STOP_SIGNALS:
         loop.add_signal_handler(number, stop.set)
     try:
-        async with serve_backend(config, socket_path):
+        async with serve_backend(config, socket_path, timeouts=timeouts,
+                                 permissions=permissions):
             print(f"listening on {socket_path}", flush=True)
             if ready_file is not None:
                 _write_ready_file(ready_file, socket_path)
@@ -100,8 +119,13 @@ async def _serve_until_stopped(config: BackendConfig, socket_path: Path,
 
 def backend(args: argparse.Namespace) -> int:
     config = config_from(args)
+    if args.ready_file is not None:
+        _check_ready_file(args.ready_file)
     # The server logs config.warnings() at WARNING: shown whatever -v says.
-    run(_serve_until_stopped(config, Path(args.socket), args.ready_file))
+    timeouts = stall_timeouts_from(args)
+    permissions = socket_permissions_from(args)
+    run(_serve_until_stopped(config, Path(args.socket), args.ready_file, timeouts,
+                             permissions))
     return EXIT_OK
 
 
@@ -172,6 +196,7 @@ def register(subparsers: Subparsers) -> None:
                         help="largest SET_VRING_NUM accepted (default 32768)")
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="write the socket path here once listening")
+    add_listening_options(parser)
 
     parser = add_command(
         subparsers, "probe", probe_command,

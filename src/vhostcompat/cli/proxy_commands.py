@@ -7,7 +7,9 @@ version read from a host store (``--db HOST --iface NAME``; the host's
 published profile is used, no catalog needed). With ``--db`` and ``--iface``
 the negotiated state is also written to the interface's row, where
 ``check-migration`` finds it; ``--status-file`` writes the status as JSON,
-atomically, for ``vhostcompat proxy-status PATH``.
+atomically, for ``vhostcompat proxy-status PATH``; ``--stats-file`` the
+relay time of the latest messages (:mod:`vhostcompat.proxy.timings`), at
+exit and on SIGUSR1.
 
 The proxy logs its offers and refusals at INFO (stderr); ``-v`` adds DEBUG
 (every message, ``-->``/``<--``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 
@@ -28,9 +31,12 @@ from vhostcompat.cli.common import (
     add_catalog_option,
     add_command,
     add_host_option,
+    add_listening_options,
     catalog_from,
     emit_report,
     run,
+    socket_permissions_from,
+    stall_timeouts_from,
 )
 from vhostcompat.errors import HostError, InputError
 from vhostcompat.profiles import CompatProfile
@@ -49,6 +55,8 @@ from vhostcompat.proxy import (
 from vhostcompat.proxy.relay import REPLY_TIMEOUT
 from vhostcompat.proxy.server import BACKEND_TIMEOUT
 from vhostcompat.proxy.status import StatusSink
+from vhostcompat.proxy.timings import RelayTimings
+from vhostcompat.proxy.warm import warm_up
 
 _log = logging.getLogger("vhostcompat.proxy")
 
@@ -87,7 +95,9 @@ async def _serve(args: argparse.Namespace) -> int:
     frontend = Endpoint.parse(args.frontend, SocketRole.SERVER)
     backend = Endpoint.parse(args.backend, SocketRole.CLIENT)
     options = ProxyOptions(reply_timeout=args.reply_timeout,
-                           backend_timeout=args.backend_timeout)
+                           backend_timeout=args.backend_timeout,
+                           timeouts=stall_timeouts_from(args),
+                           permissions=socket_permissions_from(args))
     sinks: list[StatusSink] = []
     if args.status_file is not None:
         sinks.append(StatusFile(args.status_file))
@@ -101,20 +111,42 @@ async def _serve(args: argparse.Namespace) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
+    policy = ProxyPolicy(profile)
+    # Before listening: the first QEMU (and a migration's destination) meets
+    # a relay whose code paths already ran (proxy.warm).
+    await warm_up(policy)
+    # What start-up and warming allocated lives as long as the process: out
+    # of the collector's way, so that a collection in the middle of a
+    # migration's device start does not walk it all.
+    gc.collect()
+    gc.freeze()
+    server = ProxyServer(policy, frontend, backend, options=options,
+                         board=board, name=args.iface or "proxy",
+                         timings=RelayTimings(cpu=args.stats_file is not None))
+    if args.stats_file is not None:
+        loop.add_signal_handler(signal.SIGUSR1, _write_stats, server, args.stats_file)
     try:
-        async with ProxyServer(ProxyPolicy(profile), frontend, backend, options=options,
-                               board=board, name=args.iface or "proxy"):
+        async with server:
             await stop.wait()
             _log.info("stopping")
         board.set_state(ProxyState.EXITED, "stopped by a signal")
+        if args.stats_file is not None:
+            _write_stats(server, args.stats_file)
     except InputError as error:
         board.set_state(ProxyState.FAILED, str(error))
         raise
     finally:
-        for signum in signals:
+        for signum in (*signals, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         await board.close()
     return EXIT_OK
+
+
+def _write_stats(server: ProxyServer, path: str) -> None:
+    try:
+        server.timings.write(path)
+    except OSError as error:
+        _log.error("--stats-file %s: cannot write: %s", path, error.strerror or error)
 
 
 def proxy(args: argparse.Namespace) -> int:
@@ -155,6 +187,9 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--iface", metavar="NAME", help="the interface's name in the host store")
     parser.add_argument("--status-file", metavar="PATH",
                         help="write the status here as JSON (atomically, on every change)")
+    parser.add_argument("--stats-file", metavar="PATH",
+                        help="write every relayed message's relay time here (JSON, with "
+                             "p50/p99 per request) when the proxy exits or gets SIGUSR1")
     parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT, metavar="SECONDS",
                         help=f"close the front-end when the back-end leaves a request "
                              f"unanswered this long (default {REPLY_TIMEOUT:g})")
@@ -162,6 +197,7 @@ def register(subparsers: Subparsers) -> None:
                         metavar="SECONDS",
                         help=f"how long to wait for the back-end once a front-end connected "
                              f"(default {BACKEND_TIMEOUT:g})")
+    add_listening_options(parser)
 
     parser = add_command(
         subparsers, "proxy-status", proxy_status,

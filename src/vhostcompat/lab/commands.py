@@ -83,6 +83,10 @@ class ProxyConfig:
     reply_timeout: float | None = None
     backend_timeout: float | None = None
     debug: bool = False
+    options: tuple[str, ...] = ()
+    """More command-line options, as given (timeouts, socket permissions...)."""
+    stats_file: Path | None = None
+    """Where the proxy writes its relay times when it exits (``--stats-file``)."""
 
 
 def proxy_argv(config: ProxyConfig) -> list[str]:
@@ -94,7 +98,9 @@ def proxy_argv(config: ProxyConfig) -> list[str]:
         argv += ["--reply-timeout", f"{config.reply_timeout:g}"]
     if config.backend_timeout is not None:
         argv += ["--backend-timeout", f"{config.backend_timeout:g}"]
-    return argv
+    if config.stats_file is not None:
+        argv += ["--stats-file", str(config.stats_file)]
+    return argv + list(config.options)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,7 +120,8 @@ async def run_backend(run_dir: Path, name: str, backend: BackendFactory[BackendT
         else:
             frontend_path = run_dir / f"{name}-proxy.sock"
             proxy_config = ProxyConfig(frontend=str(frontend_path), backend=str(socket_path),
-                                       status_file=run_dir / f"{name}-proxy.json", mode=proxy)
+                                       status_file=run_dir / f"{name}-proxy.json", mode=proxy,
+                                       stats_file=run_dir / f"{name}-proxy.stats.json")
             # Both take a second or so to start: side by side. Whatever started
             # is on the stack by the time the group ends, so it is cleaned up.
             async with asyncio.TaskGroup() as group:

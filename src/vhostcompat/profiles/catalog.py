@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from vhostcompat.errors import CatalogError, InputError, UnknownVersionError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
+from vhostcompat.files import FileInputError, read_text
 from vhostcompat.profiles.model import (
     CompatProfile,
     KeyValueError,
@@ -113,6 +115,11 @@ def parse_catalog_text(text: str, source: str) -> list[CatalogEntry]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise CatalogError(source, f"malformed TOML: {error}") from error
+    except ValueError as error:  # an integer beyond Python's digits limit
+        raise CatalogError(source, f"unusable TOML: {error}") from error
+    except RecursionError:
+        raise CatalogError(source, "unusable TOML: arrays or tables nested too "
+                                   "deeply") from None
     for key in document:
         if key not in TOP_LEVEL_KEYS:
             raise CatalogError(source, "unknown top-level key (expected [[profile]] entries "
@@ -150,22 +157,33 @@ def parse_catalog_text(text: str, source: str) -> list[CatalogEntry]:
 
 def _read_file(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise CatalogError(str(path), f"not UTF-8 text ({error.reason})") from error
+        return read_text(path)
+    except FileInputError as error:
+        raise CatalogError(str(path), error.reason) from error
+
+
+def _toml_files(directory: Path) -> list[Path]:
+    """The ``*.toml`` regular files of a catalog directory, by name."""
+    try:
+        return sorted(child for child in directory.iterdir()
+                      if child.suffix == ".toml" and child.is_file())
     except OSError as error:
-        raise CatalogError(str(path), error.strerror or str(error)) from error
+        raise CatalogError(str(directory), f"cannot list the directory: "
+                                           f"{error.strerror or error}") from error
 
 
 def _catalog_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(child for child in path.iterdir()
-                       if child.suffix == ".toml" and child.is_file())
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise CatalogError(str(path), "no such catalog file or directory") from None
+    except OSError as error:
+        raise CatalogError(str(path), f"cannot be examined: {error.strerror or error}") from None
+    if stat.S_ISDIR(status.st_mode):
+        files = _toml_files(path)
         if not files:
             raise CatalogError(str(path), "directory holds no *.toml catalog files")
         return files
-    if not path.exists():
-        raise CatalogError(str(path), "no such catalog file or directory")
     return [path]
 
 
@@ -216,9 +234,13 @@ def load_default_catalog() -> Catalog:
     """The shipped catalogs, then the system directory's files if it exists."""
     groups = shipped_catalog_entries()
     system = system_catalog_dir()
-    if system.is_dir():
-        for file in sorted(child for child in system.iterdir()
-                           if child.suffix == ".toml" and child.is_file()):
+    try:
+        is_directory = system.is_dir()
+    except OSError as error:
+        raise CatalogError(str(system), f"cannot be examined: "
+                                        f"{error.strerror or error}") from None
+    if is_directory:
+        for file in _toml_files(system):
             groups.append(parse_catalog_text(_read_file(file), str(file)))
     return merge_entries(groups)
 

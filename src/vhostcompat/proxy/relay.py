@@ -35,6 +35,7 @@ import enum
 import functools
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
@@ -48,13 +49,21 @@ from vhostcompat.proxy.policy import (
     Refusal,
     negotiated_from,
 )
-from vhostcompat.transport import ConnectionLog, FdConnection, MessageConnection, TransportError
+from vhostcompat.proxy.timings import REPLY, REQUEST, RelayTimings, Timing
+from vhostcompat.transport import (
+    ConnectionLog,
+    FdConnection,
+    MessageConnection,
+    StallTimeouts,
+    TransportError,
+)
 from vhostcompat.vhostuser import (
     U64,
     Channel,
     FrontendRequest,
     Message,
     RemoteMessageError,
+    Request,
     Role,
     Session,
     close_fds,
@@ -150,15 +159,20 @@ class Relay:
 
     def __init__(self, policy: ProxyPolicy, frontend: FdConnection, backend: FdConnection, *,
                  reply_timeout: float = REPLY_TIMEOUT, observer: RelayObserver | None = None,
-                 name: str = "relay") -> None:
+                 name: str = "relay", timeouts: StallTimeouts | None = None,
+                 timings: RelayTimings | None = None) -> None:
         self.policy = policy
         self.reply_timeout = reply_timeout
         self.observer: RelayObserver = observer or _NullObserver()
         # One logger for every relay, the connection named in each line: a
         # child logger per connection would stay registered forever.
         self.log = ConnectionLog(_log, name)
-        self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND)
-        self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND)
+        timeouts = timeouts or StallTimeouts()
+        self._frontend = MessageConnection(frontend, Channel.FRONTEND, Role.BACKEND,
+                                           timeouts=timeouts)
+        # The back-end only answers: a reply it owes has reply_timeout.
+        self._backend = MessageConnection(backend, Channel.FRONTEND, Role.FRONTEND,
+                                          timeouts=StallTimeouts(message=timeouts.message))
         # The front-end sees us as its back-end, in the mode's limits; the
         # back-end sees us as its front-end.
         self.frontend_session = Session(Role.BACKEND, limits=policy.session_limits())
@@ -169,6 +183,20 @@ class Relay:
         self._ended: asyncio.Future[RelayResult] | None = None
         self.messages = 0
         self.offers: dict[FrontendRequest, Offer] = {}
+        self._requests_seen: set[Request] = set()
+        self._negotiated_pending = False
+        self.timings = timings if timings is not None else RelayTimings()
+        self._cpu_clock = self.timings.cpu_clock
+        self._frontend.cpu_clock = self._backend.cpu_clock = self._cpu_clock
+
+    def frontend_stalling(self, at_least: float) -> bool:
+        """Whether the front-end has been stalling for ``at_least`` seconds: no first
+        message since the relay started, or a message begun and not finished."""
+        return self._frontend.stalling_for() >= at_least
+
+    def preempt(self, detail: str) -> None:
+        """End the relay now (another front-end takes over); its result says why."""
+        self._finish(RelayResult(RelayOutcome.FRONTEND_ERROR, detail))
 
     # -- running ---------------------------------------------------------------------
 
@@ -216,6 +244,7 @@ class Relay:
             self._ended.set_result(result)
 
     async def _shutdown(self) -> None:
+        self._record_negotiated()
         for pending in self._pending:
             pending.timer.cancel()
         self._pending.clear()
@@ -247,24 +276,37 @@ class Relay:
             if message is None:
                 self._closed_by_frontend()
             self.messages += 1
+            self._requests_seen.add(message.request)
             await self._forward_request(message)
+            # Stamped once everything for it is done, bookkeeping included.
+            self._stamp(message, REQUEST, self._frontend)
+
+    def _stamp(self, message: Message, direction: str, source: MessageConnection) -> None:
+        cpu = 0 if self._cpu_clock is None else self._cpu_clock() - source.received_cpu_ns
+        self.timings.add(Timing(message.request.name, direction, source.received_ns,
+                                time.monotonic_ns(), cpu, source.arrived_ns))
 
     def _closed_by_frontend(self) -> NoReturn:
-        queue_offer = self.offers.get(FrontendRequest.GET_QUEUE_NUM)
         session = self.frontend_session
+        if session.acked_features is not None or session.started_rings():
+            _end(RelayOutcome.FRONTEND_CLOSED)
+        queue_offer = self.offers.get(FrontendRequest.GET_QUEUE_NUM)
         if (queue_offer is not None and queue_offer.offered < queue_offer.backend
-                and session.acked_features is None and not session.started_rings()):
-            # QEMU gives up during its start-up (before any SET_FEATURES)
-            # when it wants more queue pairs than GET_QUEUE_NUM allowed, and
-            # retries at once: that is the mode refusing the interface, so
-            # say which limit it was.
+                and FrontendRequest.SET_VRING_ENABLE not in self._requests_seen):
+            # QEMU gives up in its netdev set-up, when it wants more queue
+            # pairs than GET_QUEUE_NUM allowed: after the first pair's
+            # SET_OWNER .. SET_VRING_ERR, before the device's first
+            # SET_VRING_ENABLE (and it retries at once). That is the mode
+            # refusing the interface, so say which limit it was. A QEMU that
+            # got that far and closes later (a destination whose incoming
+            # migration failed to load) is not a refusal.
             self._refuse(Refusal(
                 FrontendRequest.GET_QUEUE_NUM,
                 f"the front-end closed the connection after GET_QUEUE_NUM was answered "
-                f"{queue_offer.offered}: it asks for more queue pairs than max_queue_pairs "
-                f"{self.policy.profile.max_queue_pairs} of mode {self.policy.version} (the "
-                f"back-end offers {queue_offer.backend})"))
-        _end(RelayOutcome.FRONTEND_CLOSED)
+                f"{queue_offer.offered}, before enabling any ring: it asks for more queue "
+                f"pairs than max_queue_pairs {self.policy.profile.max_queue_pairs} of mode "
+                f"{self.policy.version} (the back-end offers {queue_offer.backend})"))
+        _end(RelayOutcome.FRONTEND_CLOSED, "during start-up (before the device started)")
 
     def _refuse(self, refusal: Refusal) -> NoReturn:
         self.log.error("%s", refusal)
@@ -288,11 +330,21 @@ class Relay:
             self.backend_session.send(outgoing)
             if self.backend_session.reply_expected(outgoing):
                 self._expect_reply(outgoing)
-            await self._send(self._backend, Side.BACKEND, outgoing)
+            # Unchanged (fds travel beside the bytes): the bytes as they came.
+            wire = self._frontend.last_wire if outgoing.payload is message.payload else None
+            await self._send(self._backend, Side.BACKEND, outgoing, wire)
         finally:
             if owned:
                 close_fds(outgoing.fds)
-        if message.request in _STATE_REQUESTS:
+        if message.request in _STATE_REQUESTS and not self._negotiated_pending:
+            # Once per burst, after it: QEMU's device start sends a dozen of
+            # these back to back, and the snapshot is the same at its end.
+            self._negotiated_pending = True
+            asyncio.get_running_loop().call_soon(self._record_negotiated)
+
+    def _record_negotiated(self) -> None:
+        if self._negotiated_pending:
+            self._negotiated_pending = False
             self.observer.record_negotiated(negotiated_from(self.frontend_session))
 
     def _expect_reply(self, message: Message) -> None:
@@ -308,9 +360,10 @@ class Relay:
             f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
             "closing the front-end connection"))
 
-    async def _send(self, connection: MessageConnection, side: Side, message: Message) -> None:
+    async def _send(self, connection: MessageConnection, side: Side, message: Message,
+                    wire: bytes | None = None) -> None:
         try:
-            await connection.send_message(message)
+            await connection.send_message(message, wire)
         except TransportError as error:
             _end(_CLOSED[side], str(error))
 
@@ -323,6 +376,7 @@ class Relay:
                 _end(RelayOutcome.BACKEND_CLOSED, "")
             self.messages += 1
             await self._forward_reply(reply)
+            self._stamp(reply, REPLY, self._backend)
 
     async def _forward_reply(self, reply: Message) -> None:
         outgoing = reply
@@ -337,7 +391,8 @@ class Relay:
                 self._pending.popleft().timer.cancel()
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
-            await self._send(self._frontend, Side.FRONTEND, outgoing)
+            wire = self._backend.last_wire if outgoing is reply else None
+            await self._send(self._frontend, Side.FRONTEND, outgoing, wire)
         finally:
             if owned:
                 close_fds(outgoing.fds)

@@ -20,9 +20,11 @@ Then:
 * the front-end went: the back-end connection is closed cleanly, and the
   proxy waits for the next front-end.
 
-One relay runs at a time: a second front-end connecting meanwhile is refused
-with an ERROR line. Paths that are symbolic links, or exist and are not
-sockets, are refused on either side.
+One relay runs at a time: a second front-end connecting meanwhile waits a
+moment for the relay to end (longer while that relay's front-end stalls,
+until the stall timeouts cut it off), then is refused with an ERROR line.
+Paths that are symbolic links, or exist and are not sockets, are refused on
+either side.
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ from vhostcompat.errors import InputError
 from vhostcompat.proxy.policy import ProxyPolicy
 from vhostcompat.proxy.relay import REPLY_TIMEOUT, Relay, RelayOutcome, RelayResult
 from vhostcompat.proxy.status import ProxyState, StatusBoard
+from vhostcompat.proxy.timings import RelayTimings
 from vhostcompat.transport import (
+    DEFAULT_STALL_TIMEOUTS,
     MAX_SOCKET_PATH,
     ConnectError,
     FdConnection,
     Listener,
     SocketPathError,
+    SocketPermissions,
+    StallTimeouts,
     connect,
     listen,
 )
@@ -63,6 +69,12 @@ RETRY_BACKOFF = 0.05
 RETRY_MAX_BACKOFF = 1.0
 SHORT_RELAY = 1.0
 TAKEOVER_TIMEOUT = 1.0
+DEFAULT_PERMISSIONS = SocketPermissions()
+# A relay whose front-end has stalled this long (seconds) gives way to a new
+# front-end connection: QEMU sends its first message within milliseconds.
+PREEMPT_AFTER = 0.25
+# How often a waiting front-end connection looks at the relay in its way.
+TURN_POLL = 0.05
 MAX_RESULTS = 100
 
 
@@ -126,8 +138,13 @@ class ProxyOptions:
     short_relay: float = SHORT_RELAY
     retry_backoff: float = RETRY_BACKOFF
     max_backoff: float = RETRY_MAX_BACKOFF
-    # How long a new front-end connection waits for the previous relay to end.
+    # How long a new front-end connection waits for the previous relay to end
+    # (longer while that relay's front-end is stalling: until it is cut off).
     takeover_timeout: float = TAKEOVER_TIMEOUT
+    # How long a front-end may take to send its first message, or any one message.
+    timeouts: StallTimeouts = DEFAULT_STALL_TIMEOUTS
+    # The permissions of the sockets the proxy listens on.
+    permissions: SocketPermissions = DEFAULT_PERMISSIONS
 
     def __post_init__(self) -> None:
         for name in ("reply_timeout", "backend_timeout"):
@@ -147,7 +164,7 @@ class ProxyServer:
 
     def __init__(self, policy: ProxyPolicy, frontend: Endpoint, backend: Endpoint, *,
                  options: ProxyOptions | None = None, board: StatusBoard | None = None,
-                 name: str = "proxy") -> None:
+                 name: str = "proxy", timings: RelayTimings | None = None) -> None:
         self.policy = policy
         self.frontend = frontend
         self.backend = backend
@@ -159,6 +176,8 @@ class ProxyServer:
         self.relays = 0
         # The latest results (a long-lived proxy sees QEMU come and go).
         self.results: deque[RelayResult] = deque(maxlen=MAX_RESULTS)
+        # Every relay's per-message stamps, in one bounded ring.
+        self.timings = timings if timings is not None else RelayTimings()
         self._active: Relay | None = None
         self._busy = False
         self._listeners: list[Listener] = []
@@ -167,6 +186,7 @@ class ProxyServer:
         self._spare_arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting: asyncio.Future[None] | None = None
         self._backoff = 0.0
 
     @property
@@ -185,9 +205,11 @@ class ProxyServer:
         self.backend.check()
         try:
             if self.backend.role is SocketRole.SERVER:
-                self._listeners.append(await listen(self.backend.path, self._backend_arrived))
+                self._listeners.append(await listen(self.backend.path, self._backend_arrived,
+                                                    permissions=self.options.permissions))
             if self.frontend.role is SocketRole.SERVER:
-                self._listeners.append(await listen(self.frontend.path, self._serve_frontend))
+                self._listeners.append(await listen(self.frontend.path, self._serve_frontend,
+                                                    permissions=self.options.permissions))
             else:
                 self._client_loop = asyncio.create_task(self._frontend_client_loop(),
                                                         name=f"{self.name} front-end client")
@@ -251,8 +273,9 @@ class ProxyServer:
 
     async def _serve_frontend(self, frontend: FdConnection) -> None:
         """Relay one front-end connection (closed on return)."""
-        if not await self._wait_for_turn():
-            self.log.error("a second front-end connected while one is relayed; closing it")
+        refused = await self._wait_for_turn()
+        if refused is not None:
+            self.log.error("a second front-end connected; closing it: %s", refused)
             frontend.close()
             return
         self._busy = True
@@ -280,7 +303,8 @@ class ProxyServer:
             self.board.set_state(ProxyState.NEGOTIATING)
             relay = Relay(self.policy, frontend, backend,
                           reply_timeout=self.options.reply_timeout, observer=self.board,
-                          name=f"{self.name} #{number}")
+                          name=f"{self.name} #{number}", timeouts=self.options.timeouts,
+                          timings=self.timings)
             self._active = relay
             self.log.info("connection %d: relaying %s <-> %s", number, self.frontend.path,
                           self.backend.path)
@@ -299,25 +323,49 @@ class ProxyServer:
                 release()
             frontend.close()
 
-    async def _wait_for_turn(self) -> bool:
-        """Whether this new front-end connection may be relayed now.
+    async def _wait_for_turn(self) -> str | None:
+        """None when this new front-end connection may be relayed now, else why not.
 
         A front-end that reconnects (QEMU retrying a failed start) can be
         accepted before the relay of its previous connection has seen that
         one close: give that relay a moment to end rather than refusing.
+        Stalled peers never stand in QEMU's way: a relay whose front-end
+        has been stalling (no first message yet, or stopped mid-message)
+        for :data:`PREEMPT_AFTER` seconds is ended for the newcomer, and
+        only the newest waiting connection waits (an older one is closed),
+        so a pile of stalled connections delays QEMU's reconnect by one
+        stall at most.
         """
+        if not self._busy:
+            return None
         loop = asyncio.get_running_loop()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)  # replaced by this newer connection
+        displaced: asyncio.Future[None] = loop.create_future()
+        self._waiting = displaced
         deadline = loop.time() + self.options.takeover_timeout
-        while self._busy:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._idle.wait()
-            except TimeoutError:
-                return False
-        return True
+        try:
+            while self._busy:
+                if displaced.done():
+                    return "a newer front-end connection replaced it while it waited"
+                active = self._active
+                if active is not None and active.frontend_stalling(PREEMPT_AFTER):
+                    self.log.warning("the front-end being relayed stalls; a new front-end "
+                                     "connection takes over")
+                    active.preempt("a new front-end connection took over while this one "
+                                   "stalled")
+                    deadline = max(deadline, loop.time() + self.options.takeover_timeout)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return "a front-end is being relayed (one relay at a time)"
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, TURN_POLL)):
+                        await self._idle.wait()
+            return None if not displaced.done() else \
+                "a newer front-end connection replaced it while it waited"
+        finally:
+            if self._waiting is displaced:
+                self._waiting = None
 
     def _record(self, result: RelayResult, state: ProxyState | None) -> None:
         self.results.append(result)

@@ -51,6 +51,29 @@ from vhostcompat.vhostuser.requests import (
 
 _HEADER = struct.Struct("=III")
 _log = logging.getLogger(__name__)
+# Plain ints for the per-message flag tests: an IntFlag operation runs
+# Python code (and builds a new member) where an int one is a C call, and a
+# relayed message has its flags looked at a dozen times.
+_REPLY = int(HeaderFlags.REPLY)
+_NEED_REPLY = int(HeaderFlags.NEED_REPLY)
+_VERSION_1 = int(HeaderFlags.VERSION_1)
+_int_and = int.__and__
+# The (few) flag words seen, as members: HeaderFlags(raw) is costly too.
+_FLAGS: dict[int, HeaderFlags] = {}
+# Who sends a request or its reply, by request type and reply bit.
+_SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
+            (BackendRequest, False): Role.BACKEND, (BackendRequest, True): Role.FRONTEND}
+
+
+def header_flags(raw: int) -> HeaderFlags:
+    """``HeaderFlags(raw)``, from a cache (a peer may send at most 2**32 words: bounded
+    below by keeping only the first few)."""
+    flags = _FLAGS.get(raw)
+    if flags is None:
+        flags = HeaderFlags(raw)
+        if len(_FLAGS) < 64:
+            _FLAGS[raw] = flags
+    return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +92,15 @@ class Message:
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.flags & HeaderFlags.REPLY)
+        return bool(_int_and(self.flags, _REPLY))
 
     @property
     def need_reply(self) -> bool:
-        return bool(self.flags & HeaderFlags.NEED_REPLY)
+        return bool(_int_and(self.flags, _NEED_REPLY))
 
     @property
     def channel(self) -> Channel:
-        return Channel.of(self.request)
+        return Channel.FRONTEND if type(self.request) is FrontendRequest else Channel.BACKEND
 
     @property
     def spec(self) -> RequestSpec:
@@ -86,8 +109,7 @@ class Message:
     @property
     def sender(self) -> Role:
         """Who sends this message: the channel's requester, or its peer for a reply."""
-        requester = self.channel.requester
-        return requester.peer if self.is_reply else requester
+        return _SENDERS[type(self.request), bool(_int_and(self.flags, _REPLY))]
 
     def __str__(self) -> str:
         marks = (" reply" if self.is_reply else "") + (" need_reply" if self.need_reply else "")
@@ -131,7 +153,7 @@ def encode(message: Message) -> tuple[bytes, tuple[int, ...]]:
     request = message.request
     if not isinstance(request, FrontendRequest | BackendRequest):
         raise LocalMessageError(f"{request!r} is not a request code")
-    if message.flags & VERSION_MASK != HeaderFlags.VERSION_1:
+    if _int_and(message.flags, VERSION_MASK) != _VERSION_1:
         raise LocalMessageError(f"header flags {int(message.flags):#x} lack version 1",
                                 request=request)
     payload = message.payload
@@ -154,6 +176,15 @@ def encode(message: Message) -> tuple[bytes, tuple[int, ...]]:
         raise LocalMessageError(f"payload of {len(body)} bytes "
                                 f"(expected {rule.payload.SIZE.describe()})", request=request)
     return _HEADER.pack(request, message.flags, len(body)) + body, fds
+
+
+def _rule_for_size(rules: tuple[PayloadRule, ...], size: int) -> PayloadRule | None:
+    """The first rule whose payload size allows ``size`` (a plain loop: it runs twice for
+    every message)."""
+    for rule in rules:
+        if rule.payload.SIZE.allows(size):
+            return rule
+    return None
 
 
 def close_fds(fds: Sequence[int]) -> None:
@@ -206,6 +237,8 @@ class Decoder:
         self._header: _Header | None = None
         self._error: RemoteProtocolError | None = None
         self._closed = False
+        self.last_wire = b""
+        """The bytes (header and payload) of the last message returned."""
 
     @property
     def error(self) -> RemoteProtocolError | None:
@@ -250,10 +283,12 @@ class Decoder:
         end = HEADER_SIZE + header.size
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[HEADER_SIZE:end])
+        wire = bytes(self._buffer[:end])
+        body = wire[HEADER_SIZE:]
         fds = self._claim_fds(self._offset, self._offset + end, header.request)
         try:
-            rule = next(rule for rule in header.rules if rule.payload.SIZE.allows(header.size))
+            rule = _rule_for_size(header.rules, header.size)
+            assert rule is not None  # the header was refused otherwise
             payload = rule.payload.unpack(body)
             problem = rule.fds.check(payload, len(fds))
         except PayloadError as error:
@@ -265,6 +300,7 @@ class Decoder:
         del self._buffer[:end]
         self._offset += end
         self._header = None
+        self.last_wire = wire
         return Message(header.request, payload, header.flags, fds)
 
     def __iter__(self) -> Iterator[Message]:
@@ -298,8 +334,7 @@ class Decoder:
 
     def _parse_header(self) -> _Header:
         code, raw_flags, size = _HEADER.unpack_from(self._buffer)
-        flags = HeaderFlags(raw_flags)
-        if raw_flags & VERSION_MASK != HeaderFlags.VERSION_1:
+        if raw_flags & VERSION_MASK != _VERSION_1:
             self._fail(RemoteMessageError(
                 f"header version {raw_flags & VERSION_MASK} (flags {raw_flags:#x}), "
                 "expected 1"))
@@ -307,19 +342,19 @@ class Decoder:
         if spec is None:
             kind = "front-end" if self.channel is Channel.FRONTEND else "back-end"
             self._fail(RemoteMessageError(f"unknown {kind} request {code}"))
-        if bool(raw_flags & HeaderFlags.REPLY) != self.replies:
+        if bool(raw_flags & _REPLY) != self.replies:
             expected = "replies" if self.replies else "requests"
             self._fail(RemoteMessageError(
                 f"the {self.sender.value} only sends {expected} on the "
                 f"{self.channel.value} socket (flags {raw_flags:#x})", request=spec.request))
         rules = rules_for(spec, self.replies)
-        if size > MAX_PAYLOAD_SIZE or not any(rule.payload.SIZE.allows(size) for rule in rules):
+        if size > MAX_PAYLOAD_SIZE or _rule_for_size(rules, size) is None:
             expected = " or ".join(
                 f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})" for rule in rules)
             kind = "reply" if self.replies else "request"
             self._fail(RemoteMessageError(
                 f"{kind} payload size {size} does not fit {expected}", request=spec.request))
-        return _Header(spec.request, flags, size, rules)
+        return _Header(spec.request, header_flags(raw_flags), size, rules)
 
     def _claim_fds(self, start: int, end: int, request: Request) -> tuple[int, ...]:
         """The fds of the message occupying stream bytes [start, end)."""
