@@ -31,7 +31,6 @@ import math
 import os
 import socket
 import stat
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
@@ -436,33 +435,15 @@ def _bind_with_permissions(sock: socket.socket, where: str,
                            permissions: SocketPermissions) -> None:
     """Bind ``sock`` to ``where`` with exactly ``permissions``, never anything wider.
 
-    The socket is bound in a fresh private directory (mode 0700) beside
-    ``where``, given its mode and group there, and renamed into place: no
-    one can connect before its permissions are right, and the umask plays
-    no part.
+    Linux gives a Unix socket's file the socket inode's mode less the umask:
+    the inode is made owner-only (``fchmod``) before ``bind``, so whatever
+    the umask, nobody but the owner can connect until the mode and group are
+    set. It is bound in place, so ``ss -xl`` and /proc/net/unix show the real
+    path.
     """
-    directory = os.path.dirname(where) or "."
-    if len(os.fsencode(os.path.join(directory, ".vXXXXXXXX/s"))) > MAX_SOCKET_PATH:
-        # No room for the staging name: bind in place with every permission
-        # masked (only root can connect), then open it up to the mode.
-        previous = os.umask(0o777)
-        try:
-            sock.bind(where)
-        finally:
-            os.umask(previous)
-        _apply_permissions(where, permissions)
-        return
-    private = tempfile.mkdtemp(prefix=".v", dir=directory)
-    staged = os.path.join(private, "s")
-    try:
-        sock.bind(staged)
-        _apply_permissions(staged, permissions)
-        os.rename(staged, where)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(staged)
-        with contextlib.suppress(OSError):
-            os.rmdir(private)
+    os.fchmod(sock.fileno(), 0o600)
+    sock.bind(where)
+    _apply_permissions(where, permissions)
 
 
 def _apply_permissions(path: str, permissions: SocketPermissions) -> None:
