@@ -40,7 +40,6 @@ from vhostcompat.ovsdb import (
     OvsdbClient,
     OvsdbConnectionError,
     OvsdbProtocolError,
-    OvsdbSchemaError,
     OvsdbTimeoutError,
     parse_remotes,
 )
@@ -103,26 +102,30 @@ def failure_text(error: BaseException) -> str:
 
 async def _try_member(remote: str, timeout: float
                       ) -> tuple[OvsdbClient | None, MemberState | None, str]:
-    """The client when the member leads; else its state (None: unreachable) and why."""
+    """The client when the member leads; else its state (None: unreachable) and why.
+
+    The member is asked in ``_Server`` first: a member that has not joined yet, or
+    lost its leader, may not even serve the fleet database's schema."""
+    try:
+        async with OvsdbClient(remote, SERVER_DATABASE, timeout=timeout,
+                               reconnect=False) as server:
+            state = await member_state(server)
+    except LOST as error:
+        return None, None, failure_text(error)
+    if not state.usable:
+        return None, state, state.describe()
     client = OvsdbClient(remote, FLEET_DATABASE, timeout=timeout,
                          required_columns=REQUIRED_COLUMNS, reconnect=False)
     try:
         await client.connect()
         check_version(remote, client.schema.name, client.schema.version)
-        state = await member_state(client)
-    except OvsdbSchemaError:
-        await client.close()
-        raise
     except LOST as error:
         await client.close()
-        return None, None, failure_text(error)
+        return None, state, failure_text(error)
     except BaseException:
         await client.close()
         raise
-    if state.usable:
-        return client, state, state.describe()
-    await client.close()
-    return None, state, state.describe()
+    return client, state, state.describe()
 
 
 async def connect_fleet(address: str, *, timeout: float | None = None,

@@ -66,11 +66,18 @@ class FleetCluster:
         process = await start_process(f"fleet-{member.name}", member.server_argv(),
                                       member.directory)
         self.processes[index] = process
-        await wait_until(lambda: _listens(member.client_port), START_TIMEOUT,
-                         f"fleet member {member.name} to listen", watch=[process])
+        for port in (member.client_port, member.raft_port):
+            await wait_until(lambda port=port: _listens(port), START_TIMEOUT,  # type: ignore[misc]
+                             f"fleet member {member.name} to listen on {port}",
+                             watch=[process])
 
     async def start_all(self) -> None:
-        await asyncio.gather(*(self.start(index) for index in self.indexes))
+        """One member at a time, each connected before the next: a joiner started before
+        the first member listens backs off for seconds (ovsdb-server's reconnect), and
+        Raft adds one server at a time."""
+        for index in self.indexes:
+            await self.start(index)
+            await self.wait_connected(index)
 
     async def state(self, index: int) -> MemberState | None:
         """What the member says of itself in ``_Server`` (None: it does not answer)."""
