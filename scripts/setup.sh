@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 # keep recommends on, and name those two so they can never be dropped.
 DEBIAN_PACKAGES=(qemu-system-x86 openvswitch-common openvswitch-switch openvswitch-switch-dpdk
                  dpdk dpdk-dev librte-net-vhost23 librte-mempool-ring23 iproute2
-                 libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+                 libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu librsvg2-bin)
 COMMANDS=(qemu-system-x86_64 ovsdb-server ovsdb-tool ovs-vsctl dpdk-testpmd
-          /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ip libvirtd virsh)
+          /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ip libvirtd virsh rsvg-convert)
 
 missing() {
     local item

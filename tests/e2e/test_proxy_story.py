@@ -84,8 +84,8 @@ async def publish_and_select(lab_dir: Path) -> tuple[str, str, str]:
     await manager.publish(host_a, catalog, [TSO_VERSION, DEFAULT_VERSION])
     await manager.publish(host_b, catalog, [DEFAULT_VERSION])
     report = await manager.provision([host_a, host_b], IFACE)
-    assert report.selection.selection.version is not None
-    return host_a, host_b, report.selection.selection.version
+    assert report.version is not None
+    return host_a, host_b, report.version
 
 
 def proxy_of_host_a(lab_dir: Path, mode: ProxyMode, *,

@@ -125,7 +125,8 @@ def test_compatible_by_content_says_so() -> None:
 
 def test_unknown_contents_never_match_by_content() -> None:
     check = check_destination("mystery", None, [V26.version], {V26.version: V26})
-    assert check.verdict is Verdict.INCOMPATIBLE
+    assert check.verdict is Verdict.UNKNOWN
+    assert not check.compatible and check.headline() == "UNKNOWN"
 
 
 def test_same_name_different_content_is_incompatible() -> None:

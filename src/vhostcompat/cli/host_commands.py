@@ -1,4 +1,4 @@
-"""Host subcommands: ``publish``, ``versions``, ``assign``, ``record``.
+"""Host subcommands: ``publish``, ``assign``, ``record``.
 
 A HOST is an OVSDB remote (``unix:PATH``, ``tcp:IP:PORT``, comma-separated
 members) or a directory path (the embedded store; ``publish`` creates it).
@@ -59,12 +59,6 @@ def publish_fleet(args: argparse.Namespace, catalog: Catalog) -> int:
     return EXIT_OK
 
 
-def versions(args: argparse.Namespace) -> int:
-    report = run(manager.versions(args.hosts))
-    emit_report(args, report)
-    return EXIT_OK
-
-
 def assign(args: argparse.Namespace) -> int:
     run(manager.assign(args.db, args.iface, args.version))
     if args.json:
@@ -111,11 +105,6 @@ def register(subparsers: Subparsers) -> None:
                              "publish:NAME, which an agent of that host may take over)")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
-
-    parser = add_command(subparsers, "versions", versions,
-                         summary="the versions each host publishes",
-                         description="List the versions each host publishes.")
-    add_host_option(parser, "hosts", nargs="+")
 
     parser = add_command(
         subparsers, "assign", assign,

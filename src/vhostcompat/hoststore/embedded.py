@@ -46,6 +46,8 @@ from vhostcompat.hoststore.model import (
     HostStoreAccessError,
     HostStoreCorruptError,
     HostStoreMissingError,
+    ModeWrite,
+    apply_mode_write,
     check_interface_name,
     load_json,
     negotiated_external_ids,
@@ -148,6 +150,18 @@ class EmbeddedHostStore(HostStore):
             require_published(self.address, document.external_ids, version)
             row = document.interface_row(interface)
             row["options"][INTERFACE_VERSION_KEY] = version
+
+        await self._update(update)
+
+    async def write_mode(self, change: ModeWrite) -> None:
+        check_interface_name(change.interface)
+
+        def update(document: Document) -> None:
+            row = document.interface_row(change.interface)
+            updated_ids, row["options"] = apply_mode_write(
+                self.address, change, document.external_ids, row["options"])
+            if updated_ids is not None:
+                document.external_ids = updated_ids
 
         await self._update(update)
 

@@ -10,6 +10,8 @@ What a host publishes and records, in Open vSwitch database terms (DESIGN.md):
                                                  (self-describing, see profiles.model)
 ``Interface <name> options``
   ``vhost-compat-version``                       the compatibility mode chosen for it
+  ``vhost-compat-provision-id``                  the provisioning run that wrote it
+                                                 (what the next run's write waits on)
 ``Interface <name> external_ids`` (agent)
   ``vhost-compat-acked-features``                virtio features the guest acked (hex)
   ``vhost-compat-acked-protocol-features``       protocol features negotiated (hex)
@@ -51,6 +53,7 @@ from vhostcompat.profiles.model import (
 VERSIONS_KEY = "vhost-compat-versions"
 PROFILE_KEY_PREFIX = "vhost-compat-profile-"
 INTERFACE_VERSION_KEY = "vhost-compat-version"
+PROVISION_ID_KEY = "vhost-compat-provision-id"
 ACKED_FEATURES_KEY = "vhost-compat-acked-features"
 ACKED_PROTOCOL_FEATURES_KEY = "vhost-compat-acked-protocol-features"
 QUEUE_PAIRS_KEY = "vhost-compat-queue-pairs"
@@ -141,6 +144,12 @@ class InterfaceRecord:
     version: str | None
     negotiated: NegotiatedState = field(default_factory=NegotiatedState)
     ovs_status: OvsStatus = field(default_factory=OvsStatus)
+    provision_id: str | None = None
+    """The provisioning run that last wrote the mode (``options:vhost-compat-provision-id``)."""
+
+    @property
+    def mode_state(self) -> ModeState:
+        return ModeState(self.version, self.provision_id)
 
     def disagreements(self) -> tuple[str, ...]:
         """Where OVS's own status and what the proxy recorded differ, one line each."""
@@ -207,6 +216,77 @@ class HostRecord:
         return found
 
 
+@dataclass(frozen=True)
+class ModeState:
+    """An interface's provisioning state on a host: its mode and the run that wrote it."""
+
+    mode: str | None
+    provision_id: str | None = None
+
+    def describe(self) -> str:
+        return self.mode or "no mode"
+
+
+NO_MODE = ModeState(None)
+
+
+@dataclass(frozen=True)
+class ModeWrite:
+    """A conditional write of an interface's mode: from ``expected`` to ``wanted``, or nothing.
+
+    ``publish`` (with ``expected_versions``, the versions as read) also
+    replaces the host's published profiles in the same transaction (a host
+    that supports a version by content publishes it before it is assigned;
+    a restore puts the old list back). ``require_published``: the wanted mode
+    must be among the published versions (a restore of what was there before
+    does not insist).
+    """
+
+    interface: str
+    expected: ModeState
+    wanted: ModeState
+    expected_versions: tuple[str, ...] | None = None
+    publish: tuple[CompatProfile, ...] | None = None
+    require_published: bool = True
+
+    def inverse(self, versions_written: tuple[str, ...] | None,
+                profiles_before: tuple[CompatProfile, ...] | None) -> ModeWrite:
+        """The restore of this write, itself conditional on what this write left."""
+        return ModeWrite(self.interface, self.wanted, self.expected,
+                         versions_written if self.publish is not None else None,
+                         profiles_before if self.publish is not None else None,
+                         require_published=False)
+
+
+def apply_mode_write(address: str, change: ModeWrite, external_ids: Mapping[str, str],
+                     options: Mapping[str, str]) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """The new Open_vSwitch external_ids (None: unchanged) and Interface options.
+
+    Raises :class:`HostStoreConflictError` (naming host and interface) when
+    the row no longer holds what the write expects: nothing is written.
+    """
+    current = ModeState(options.get(INTERFACE_VERSION_KEY), options.get(PROVISION_ID_KEY))
+    if current != change.expected:
+        raise HostStoreConflictError(
+            address, f"interface {change.interface}'s mode ({change.expected.describe()} "
+            f"when read, {current.describe()} now)")
+    updated_ids: dict[str, str] | None = None
+    if change.publish is not None:
+        versions = tuple(decode_versions(address, external_ids.get(VERSIONS_KEY, "")))
+        if versions != change.expected_versions:
+            raise HostStoreConflictError(address, "the published versions")
+        updated_ids = published_external_ids(external_ids, change.publish)
+    if change.wanted.mode is not None and change.require_published:
+        require_published(address, updated_ids or external_ids, change.wanted.mode)
+    updated = {key: value for key, value in options.items()
+               if key not in (INTERFACE_VERSION_KEY, PROVISION_ID_KEY)}
+    if change.wanted.mode is not None:
+        updated[INTERFACE_VERSION_KEY] = change.wanted.mode
+    if change.wanted.provision_id is not None:
+        updated[PROVISION_ID_KEY] = change.wanted.provision_id
+    return updated_ids, updated
+
+
 class HostStore(abc.ABC):
     """A host's published data. Use as ``async with open_host(address) as store``."""
 
@@ -227,6 +307,14 @@ class HostStore(abc.ABC):
     @abc.abstractmethod
     async def assign(self, interface: str, version: str) -> None:
         """Set an interface's compatibility mode; the host must publish ``version``."""
+
+    @abc.abstractmethod
+    async def write_mode(self, change: ModeWrite) -> None:
+        """One conditional write (:class:`ModeWrite`), atomic: all of it or nothing.
+
+        :class:`HostStoreConflictError` when the interface (or the published
+        versions) no longer hold what ``change`` expects.
+        """
 
     @abc.abstractmethod
     async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
@@ -385,11 +473,15 @@ def record_from_rows(address: str, open_vswitch_external_ids: Mapping[str, str],
         if version is not None and not VERSION_PATTERN.fullmatch(version):
             raise HostStoreCorruptError(address, f"interface {name}: "
                                         f"{INTERFACE_VERSION_KEY}={version!r} is invalid")
+        provision_id = options.get(PROVISION_ID_KEY)
+        if provision_id is not None and not VERSION_PATTERN.fullmatch(provision_id):
+            raise HostStoreCorruptError(address, f"interface {name}: "
+                                        f"{PROVISION_ID_KEY}={provision_id!r} is invalid")
         negotiated = decode_negotiated(address, external_ids)
-        if version is None and negotiated.is_empty():
+        if version is None and provision_id is None and negotiated.is_empty():
             continue
         status = decode_ovs_status(address, name, (statuses or {}).get(name, {}))
-        records[name] = InterfaceRecord(name, version, negotiated, status)
+        records[name] = InterfaceRecord(name, version, negotiated, status, provision_id)
     return HostRecord(address, versions, profiles, records)
 
 

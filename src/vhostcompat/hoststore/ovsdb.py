@@ -38,7 +38,9 @@ from vhostcompat.hoststore.model import (
     HostStoreConflictError,
     HostStoreCorruptError,
     HostStoreMissingError,
+    ModeWrite,
     NotPublishedError,
+    apply_mode_write,
     check_interface_name,
     negotiated_external_ids,
     published_external_ids,
@@ -203,6 +205,22 @@ class OvsdbHostStore(HostStore):
                                 [{"external_ids": external_ids}]),
                            Wait(INTERFACE_TABLE, where, ["options"], [{"options": options}]),
                            Update(INTERFACE_TABLE, where, {"options": wanted}))
+
+    async def write_mode(self, change: ModeWrite) -> None:
+        """Read the row, check it against ``change.expected``, then commit waiting on
+        exactly what was read: conditional twice, on the caller's read and on ours."""
+        external_ids, row = await self._interface(change.interface)
+        options = _string_map(row["options"])
+        updated_ids, updated = apply_mode_write(self.address, change, external_ids, options)
+        where = _by_uuid(row)
+        operations: list[Operation] = [
+            Wait(ROOT_TABLE, (), ["external_ids"], [{"external_ids": external_ids}]),
+            Wait(INTERFACE_TABLE, where, ["options"], [{"options": options}])]
+        if updated_ids is not None:
+            operations.append(Update(ROOT_TABLE, (), {"external_ids": updated_ids}))
+        operations.append(Update(INTERFACE_TABLE, where, {"options": updated}))
+        await self._commit(f"Interface {change.interface} options (or the published "
+                           "versions)", *operations)
 
     async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
         _, row = await self._interface(interface)

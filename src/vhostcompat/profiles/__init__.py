@@ -28,6 +28,7 @@ from vhostcompat.profiles.catalog import (
     parse_catalog_text,
 )
 from vhostcompat.profiles.checks import (
+    YES_VERDICTS,
     DestinationCheck,
     KeyDifference,
     Shortfall,
@@ -54,6 +55,7 @@ from vhostcompat.profiles.selection import Selection, preference_order, select_v
 
 __all__ = [
     "BUILTIN_KEYS",
+    "YES_VERDICTS",
     "Catalog",
     "CatalogEntry",
     "CompatProfile",

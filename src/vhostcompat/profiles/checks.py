@@ -9,6 +9,7 @@ that required it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -141,11 +142,34 @@ def _subset_shortfalls(spec: KeySpec, needed: Value, have: Value, subject: str,
 
 
 class Verdict(enum.Enum):
-    """The three answers of a migration check."""
+    """The answers of a migration check (DESIGN.md's "Verdicts")."""
 
     COMPATIBLE = "compatible"
+    """The destination publishes the interface's version."""
     COMPATIBLE_BY_CONTENT = "compatible-by-content"
+    """A destination profile of another name satisfies the version under every key's rule."""
+    COMPATIBLE_FOR_RUNNING_GUEST = "compatible-for-running-guest"
+    """The destination lacks part of the mode, but one of its profiles covers everything
+    the guest negotiated and every limit in use (named in ``destination_version``)."""
     INCOMPATIBLE = "incompatible"
+    UNKNOWN = "unknown"
+    """Not enough is known to answer (no contents of the version anywhere): never a yes."""
+
+    @property
+    def is_yes(self) -> bool:
+        return self in YES_VERDICTS
+
+    @property
+    def is_strict_yes(self) -> bool:
+        """A yes that holds for the interface's whole mode, whatever the guest does next."""
+        return self in (Verdict.COMPATIBLE, Verdict.COMPATIBLE_BY_CONTENT)
+
+
+YES_VERDICTS = frozenset({Verdict.COMPATIBLE, Verdict.COMPATIBLE_BY_CONTENT,
+                          Verdict.COMPATIBLE_FOR_RUNNING_GUEST})
+
+RING_SIZE_NOTE = ("QEMU never checks ring sizes on a migration's load: the device would "
+                  "stop on the destination while QEMU reports the migration completed")
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,7 @@ class DestinationCheck:
 
     @property
     def compatible(self) -> bool:
-        return self.verdict is not Verdict.INCOMPATIBLE
+        return self.verdict.is_yes
 
     def headline(self) -> str:
         """The first line of a human report."""
@@ -169,6 +193,12 @@ class DestinationCheck:
         if self.verdict is Verdict.COMPATIBLE_BY_CONTENT:
             return (f"compatible by content (destination does not publish {self.version}; "
                     f"its {self.destination_version} satisfies it under every key's rule)")
+        if self.verdict is Verdict.COMPATIBLE_FOR_RUNNING_GUEST:
+            return (f"compatible for the running guest (in the destination's "
+                    f"{self.destination_version}: it lacks part of {self.version}, but "
+                    "covers everything the guest negotiated and every limit in use)")
+        if self.verdict is Verdict.UNKNOWN:
+            return "UNKNOWN"
         return "INCOMPATIBLE"
 
 
@@ -179,13 +209,40 @@ def check_destination(version: str, required: CompatProfile | None,
     """Can a destination publishing these versions take an interface of ``version``?
 
     ``required`` is the version's contents as the source (or a catalog) knows
-    them, ``None`` if unknown. Compatible when the destination publishes the
-    version (and its contents, when published, satisfy ``required`` and what
-    the guest negotiated); compatible by content when it does not, but one of
-    its published profiles satisfies ``required`` under every key's rule.
+    them, ``None`` if unknown; ``negotiated`` what the guest negotiated, when
+    the interface has run. In order:
+
+    * compatible: the destination publishes the version (its contents, when
+      published, satisfy ``required`` and what the guest negotiated);
+    * compatible by content: it does not, but one of its published profiles
+      satisfies ``required`` (and what the guest negotiated) under every rule;
+    * compatible for the running guest: neither, but one of its profiles
+      covers everything the guest negotiated and every limit in use (a limit
+      never recorded counts at the mode's value);
+    * otherwise incompatible, every blocking item named; unknown when the
+      version's contents are known nowhere and nothing else decides.
     """
     if negotiated is not None and negotiated.is_empty():
         negotiated = None
+    static = _static_check(version, required, destination_versions, destination_profiles,
+                           negotiated)
+    if static.compatible or negotiated is None:
+        return static
+    running = _running_guest_check(version, required, destination_versions,
+                                   destination_profiles, negotiated)
+    if running is None:
+        return static
+    if running.compatible or static.verdict is Verdict.UNKNOWN:
+        return dataclasses.replace(running, reasons=(*static.reasons, *running.reasons))
+    return dataclasses.replace(static, reasons=(*static.reasons, *running.reasons),
+                               shortfalls=(*static.shortfalls, *running.shortfalls))
+
+
+def _static_check(version: str, required: CompatProfile | None,
+                  destination_versions: Sequence[str],
+                  destination_profiles: Mapping[str, CompatProfile],
+                  negotiated: NegotiatedState | None) -> DestinationCheck:
+    """The version and by-content verdicts (what the whole mode needs)."""
     if version in destination_versions:
         return _check_same_version(version, required, destination_profiles.get(version),
                                    negotiated)
@@ -194,7 +251,7 @@ def check_destination(version: str, required: CompatProfile | None,
     if required is None:
         reasons.append(f"the contents of {version} are unknown, so no destination profile "
                        "can be matched by content")
-        return DestinationCheck(version, Verdict.INCOMPATIBLE, None, tuple(reasons))
+        return DestinationCheck(version, Verdict.UNKNOWN, None, tuple(reasons))
     shortfalls: list[Shortfall] = []
     for candidate in destination_versions:
         offered = destination_profiles.get(candidate)
@@ -216,6 +273,54 @@ def check_destination(version: str, required: CompatProfile | None,
                             tuple(shortfalls))
 
 
+def in_use(negotiated: NegotiatedState, mode: CompatProfile | None) -> NegotiatedState | None:
+    """What a running guest holds the destination to; ``None`` when that is not known.
+
+    The acked features must have been recorded; a queue-pair count or ring size
+    that was not counts at the mode's limit (the guest may use all of it).
+    """
+    if negotiated.acked_features is None:
+        return None
+    queue_pairs = negotiated.queue_pairs
+    ring_size = negotiated.ring_size
+    if queue_pairs is None:
+        queue_pairs = None if mode is None else mode.max_queue_pairs
+    if ring_size is None:
+        ring_size = None if mode is None else mode.max_ring_size
+    if queue_pairs is None or ring_size is None:
+        return None
+    return dataclasses.replace(negotiated, queue_pairs=queue_pairs, ring_size=ring_size)
+
+
+def _running_guest_check(version: str, required: CompatProfile | None,
+                         destination_versions: Sequence[str],
+                         destination_profiles: Mapping[str, CompatProfile],
+                         negotiated: NegotiatedState) -> DestinationCheck | None:
+    """The first destination profile covering what the guest uses; else every blocker."""
+    state = in_use(negotiated, required)
+    if state is None:
+        return None
+    reasons: list[str] = []
+    shortfalls: list[Shortfall] = []
+    for candidate in destination_versions:
+        offered = destination_profiles.get(candidate)
+        if offered is None:
+            continue
+        found = check_negotiated(state, offered)
+        if not found:
+            return DestinationCheck(
+                version, Verdict.COMPATIBLE_FOR_RUNNING_GUEST, candidate,
+                (f"its profile {candidate} covers everything the guest negotiated and every "
+                 "limit in use: assign it there for this migration",))
+        shortfalls.extend(found)
+        reasons.extend(f"{candidate} for the running guest: {shortfall.reason}"
+                       for shortfall in found)
+    if any(shortfall.key == "max_ring_size" for shortfall in shortfalls):
+        reasons.append(f"note: {RING_SIZE_NOTE}")
+    return DestinationCheck(version, Verdict.INCOMPATIBLE, None, tuple(reasons),
+                            tuple(shortfalls))
+
+
 def _check_same_version(version: str, required: CompatProfile | None,
                         published: CompatProfile | None,
                         negotiated: NegotiatedState | None) -> DestinationCheck:
@@ -232,11 +337,11 @@ def _check_same_version(version: str, required: CompatProfile | None,
                        "version string was matched")
         if negotiated is not None:
             reasons.append("what the guest negotiated cannot be verified")
-            return DestinationCheck(version, Verdict.INCOMPATIBLE, None, tuple(reasons))
+            return DestinationCheck(version, Verdict.UNKNOWN, None, tuple(reasons))
     elif negotiated is not None:
-        in_use = check_negotiated(negotiated, content)
-        if in_use:
-            shortfalls.extend(in_use)
+        used = check_negotiated(negotiated, content)
+        if used:
+            shortfalls.extend(used)
         else:
             reasons.append(f"its {version} covers what the guest negotiated")
     if shortfalls:
