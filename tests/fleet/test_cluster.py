@@ -18,11 +18,13 @@ import pytest
 
 from tests.fleet.helpers import require_ovsdb, shipped_profiles
 from tests.helpers import run_bounded
+from vhostcompat import manager
 from vhostcompat.fleet import FleetSession, FleetUnavailableError, Registration, register
-from vhostcompat.fleet.provision import ModeWrite, new_provision_id, read_modes, write_modes
+from vhostcompat.fleet.provision import read_modes
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.registry import profile_digest
 from vhostcompat.fleet.session import connect_fleet
+from vhostcompat.fleet.source import FleetRecords
 from vhostcompat.lab.fleet import FleetCluster, run_fleet_cluster
 from vhostcompat.lab.process import wait_until
 from vhostcompat.ovsdb import OvsdbClient, Update
@@ -97,53 +99,48 @@ def test_a_stale_host_is_reported_by_name_with_its_age(short_dir: Path) -> None:
             view = await read_fleet(session, ["h0", "h1", "h2"], stale_after=30.0)
         assert list(view.stale()) == ["h1"]
         assert 125 <= view.stale()["h1"] < 200
-        [reason] = view.reasons()
-        assert reason.startswith("h1: heartbeat 12") and "stale after 30 s" in reason
-        records = view.records()
-        assert records[1].versions == () and records[1].profiles == {}
-        assert records[0].versions and records[2].versions
+        [error] = view.stale_errors()
+        assert str(error).startswith("host h1: heartbeat 12")
+        assert "stale after 30 s" in str(error)
+        assert [record.address for record in view.records()] == ["h0", "h2"]
 
     with_cluster(short_dir, scenario)
 
 
 def test_leader_killed_during_a_provision_of_100_hosts(short_dir: Path) -> None:
-    """Killed before the write is sent, then killed as the write commits: every host is
-    checked one by one, each provisioning is complete, none is applied twice."""
+    """``provision`` through the fleet: the leader killed before the write is sent, then
+    killed as a write commits; every host is checked one by one: each provisioning is
+    complete on every host, none is applied twice."""
     async def scenario(cluster: FleetCluster) -> None:
         hosts = registrations(100)
         names = [host.name for host in hosts]
-        profile = next(p for p in shipped_profiles() if p.version == hosts[1].versions[0])
         async with FleetSession(cluster.address) as session:
             await register_all(session, hosts)
-            view = await read_fleet(session, names)
-            versions = {record.address: record.versions for record in view.records()}
+        killed: list[int] = []
 
-            first = ModeWrite("vhu0", profile, tuple(names), versions, new_provision_id())
-            killed: list[int] = []
+        async def kill_leader() -> None:
+            if not killed:
+                killed.append(await cluster.wait_leader())
+                await cluster.kill(killed[0])
 
-            async def kill_leader() -> None:
-                if not killed:
-                    killed.append(await cluster.wait_leader())
-                    await cluster.kill(killed[0])
+        source = FleetRecords(cluster.address, ("vhu0",), before_write=kill_leader)
+        first = await manager.provision(names, "vhu0", records=source)
+        assert killed and first.done and set(first.written) == set(names)
+        await check_every_host(cluster, "vhu0", names, first)
+        await cluster.restart(killed[0])
+        await cluster.wait_connected(killed[0])
 
-            assert await write_modes(session, first, before_write=kill_leader) is True
-            assert session.reconnects >= 1
-            await check_every_host(session, "vhu0", names, profile.version, first.provision_id)
-            await cluster.restart(killed[0])
-            await cluster.wait_connected(killed[0])
-
-            second = ModeWrite("vhu1", profile, tuple(names), versions, new_provision_id())
-            task = asyncio.create_task(write_modes(session, second))
-            leader = await cluster.wait_leader()
-            follower = next(index for index in cluster.running() if index != leader)
-            await wait_until(lambda: _has_rows(cluster, follower, "vhu1"), 30.0,
-                             "the provisioning to reach a follower")
-            await cluster.kill(leader)
-            written = await task  # True: the reply came first; False: found done after
-            assert written in (True, False)
-            await check_every_host(session, "vhu1", names, profile.version,
-                                   second.provision_id)
-            assert await count_rows(cluster.member(follower).remote, "Interface") == 200
+        task = asyncio.create_task(manager.provision(
+            names, "vhu1", records=FleetRecords(cluster.address, ("vhu1",))))
+        leader = await cluster.wait_leader()
+        follower = next(index for index in cluster.running() if index != leader)
+        await wait_until(lambda: _has_rows(cluster, follower, "vhu1"), 30.0,
+                         "the provisioning to reach a follower")
+        await cluster.kill(leader)
+        second = await task
+        assert second.done
+        await check_every_host(cluster, "vhu1", names, second)
+        assert await count_rows(cluster.member(follower).remote, "Interface") == 200
 
     with_cluster(short_dir, scenario)
 
@@ -155,11 +152,14 @@ async def _has_rows(cluster: FleetCluster, index: int, interface: str) -> bool:
         return bool(await client.select("Interface", [("name", "==", interface)], ["_uuid"]))
 
 
-async def check_every_host(session: FleetSession, interface: str, names: list[str],
-                           version: str, provision_id: str) -> None:
-    modes = await read_modes(session, interface, names)
+async def check_every_host(cluster: FleetCluster, interface: str, names: list[str],
+                           report: manager.ProvisionReport) -> None:
+    """Each host's record, one by one: this run's mode and id, on all of them."""
+    assert report.version is not None and report.provision_id is not None
+    async with FleetSession(cluster.address) as session:
+        modes = await read_modes(session, interface, names)
     for name in names:
-        assert modes[name] == (version, provision_id), name
+        assert modes[name] == (report.version, report.provision_id), name
 
 
 def test_leader_killed_during_registrations_loses_and_doubles_nothing(

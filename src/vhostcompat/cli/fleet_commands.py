@@ -23,8 +23,10 @@ from vhostcompat.cli.common import EXIT_OK, Subparsers, add_command, emit_json, 
 from vhostcompat.errors import InputError
 from vhostcompat.fleet.cluster import PLAN_FILE, consecutive_ports, plan_cluster
 from vhostcompat.fleet.errors import FleetUnavailableError
+from vhostcompat.fleet.registry import DEFAULT_STALE_AFTER
 from vhostcompat.fleet.schema import schema_path, schema_text
 from vhostcompat.fleet.session import MemberState, failure_text, member_state
+from vhostcompat.fleet.source import FleetRecords
 from vhostcompat.ovsdb import OvsdbClient, OvsdbError, parse_remotes
 
 DEFAULT_BASE_PORT = 6641
@@ -35,6 +37,23 @@ FLEET_HELP = ("the fleet database: its members' remotes as one comma-separated l
 
 def add_fleet_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--fleet", metavar="REMOTES", required=required, help=FLEET_HELP)
+
+
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """A manager verb's ``--fleet`` (hosts are then fleet names) and ``--stale-after``."""
+    parser.add_argument("--fleet", metavar="REMOTES",
+                        help=FLEET_HELP + "; the HOSTs are then fleet host names, all read "
+                             "from it in one go")
+    parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER,
+                        metavar="SECONDS",
+                        help="with --fleet: a host whose heartbeat is older is never treated "
+                             f"as compatible (default {DEFAULT_STALE_AFTER:g})")
+
+
+def fleet_source(args: argparse.Namespace) -> FleetRecords:
+    interface = getattr(args, "iface", None)
+    return FleetRecords(args.fleet, (interface,) if interface else (), args.stale_after,
+                        timeout=args.timeout)
 
 
 def schema(args: argparse.Namespace) -> int:

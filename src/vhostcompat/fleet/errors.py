@@ -10,6 +10,7 @@
           +-- FleetSchemaError      the fleet database is another schema (version) than ours
           +-- FleetOwnerError       another agent owns this host name (a fresh heartbeat)
           +-- FleetUnknownHostError a host name the fleet does not know
+          +-- FleetStaleHostError   a host whose heartbeat is older than the threshold
           +-- FleetOutcomeError     a write whose outcome could not be established
     InputError                      (exit 2)
      +-- FleetInputError            a malformed registration (host name, version list)
@@ -47,6 +48,17 @@ class FleetOwnerError(FleetError):
 
 class FleetUnknownHostError(FleetError):
     """Host names that no row of the fleet database holds."""
+
+
+class FleetStaleHostError(FleetError):
+    """A host whose heartbeat is stale: never treated as compatible."""
+
+    def __init__(self, name: str, age: float, stale_after: float) -> None:
+        self.name = name
+        self.age = age
+        self.stale_after = stale_after
+        super().__init__(f"host {name}: heartbeat {age:.1f} s old (stale after "
+                         f"{stale_after:g} s): not treated as compatible")
 
 
 class FleetOutcomeError(FleetError):

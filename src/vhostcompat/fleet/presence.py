@@ -45,9 +45,9 @@ from vhostcompat.fleet.registry import (
     heartbeat,
     register,
 )
-from vhostcompat.fleet.schema import INTERFACE_TABLE, PROFILE_TABLE
+from vhostcompat.fleet.schema import HOST_TABLE, INTERFACE_TABLE, PROFILE_TABLE
 from vhostcompat.fleet.session import FleetSession
-from vhostcompat.hoststore.model import PROFILE_KEY_PREFIX, decode_profile
+from vhostcompat.hoststore.model import PROFILE_KEY_PREFIX, NotPublishedError, decode_profile
 from vhostcompat.hoststore.ovsdb import OvsdbHostStore
 from vhostcompat.manager import published_profiles
 from vhostcompat.ovsdb import Mutate, OvsdbClient, Select, Uuid
@@ -60,7 +60,7 @@ OWNER_FILE = "fleet-owner"
 FLEET_STATUS_KEY = "vhost-compat-fleet-status"  # in Interface.negotiated: the mode applied?
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
-WATCHED = ("host", "name", "mode", "profile", "provision")
+WATCHED = ("host", "name", "mode", "provision")
 FATAL = (FleetOwnerError, FleetInputError, FleetSchemaError)
 
 Apply = Callable[[str, CompatProfile], Awaitable[None]]
@@ -187,21 +187,10 @@ class FleetPresence:
 
     async def _apply_row(self, client: OvsdbClient, row: DecodedRow) -> None:
         name, mode, provision = str(row["name"]), _one(row["mode"]), _one(row["provision"])
-        reference = row["profile"]
         if mode is None or self.applied.get(name) == (mode, provision):
             return
-        references = [item for item in reference if isinstance(item, Uuid)] if isinstance(
-            reference, frozenset) else []
-        if not references:
-            return
-        [result] = await client.transact(Select(PROFILE_TABLE, [("_uuid", "==", references[0])],
-                                                ["version", "contents"]))
-        if not result["rows"]:
-            return
-        profile_row = result["rows"][0]
         try:
-            profile = decode_profile(self.options.address, PROFILE_KEY_PREFIX + str(
-                profile_row["version"]), str(profile_row["contents"]))
+            profile = await self._contents(client, mode)
             await self.apply(name, profile)
             status = f"applied {mode}"
         except VhostCompatError as error:
@@ -212,6 +201,23 @@ class FleetPresence:
             INTERFACE_TABLE, [("host", "==", self.options.host_name), ("name", "==", name)],
             [("negotiated", "delete", frozenset({FLEET_STATUS_KEY})),
              ("negotiated", "insert", {FLEET_STATUS_KEY: status[:200]})]))
+
+    async def _contents(self, client: OvsdbClient, version: str) -> CompatProfile:
+        """The contents of ``version`` as this host's row references them (a provisioning
+        of a version the host satisfies by content put it there)."""
+        [hosts] = await client.transact(Select(HOST_TABLE, [
+            ("name", "==", self.options.host_name)], ["profiles"]))
+        references = [uuid for row in hosts["rows"] for uuid in row["profiles"]
+                      if isinstance(uuid, Uuid)]
+        results = await client.transact(*(Select(PROFILE_TABLE, [
+            ("_uuid", "==", uuid), ("version", "==", version)], ["contents"])
+            for uuid in references)) if references else []
+        for result in results:
+            for found in result["rows"]:
+                return decode_profile(self.options.address, PROFILE_KEY_PREFIX + version,
+                                      str(found["contents"]))
+        raise NotPublishedError(self.options.host_name, f"its fleet row references no "
+                                f"contents for {version}")
 
 
 def _one(value: object) -> str | None:

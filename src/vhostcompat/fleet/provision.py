@@ -1,161 +1,205 @@
 """Provisioning through the fleet database: each chosen mode where the host's agent acts.
 
-The manager selects (pure computation over :mod:`vhostcompat.fleet.records`)
-and :func:`write_modes` writes the mode of one interface on every chosen host
-into the fleet database's ``Interface`` records, all in **one transaction**:
-each row gets ``mode`` (the version), ``profile`` (a reference to its
-content-addressed ``Profile`` row, so an agent whose host satisfies the
-version by content has the contents) and ``provision`` (this provisioning's
-id). Each host's agent monitors its own rows (``monitor_cond``) and applies
-the mode in its host's database, where its reconciler acts on it.
+The manager plans (:mod:`vhostcompat.manager.provision`: one conditional
+:class:`~vhostcompat.hoststore.ModeWrite` per host) and the fleet record
+source carries the writes here: :func:`write_modes` writes the interface
+records of **every host of the call in one transaction** (``Interface``:
+``mode``, ``provision`` = the run's id; for a host that supports the version
+by content only, its ``Host`` row's versions and profiles too). Each host's
+agent monitors its own records (``monitor_cond`` on ``host``) and applies the
+mode in its host's database, where its reconciler acts on it.
 
 Why here rather than in each host's own database: one transaction is
-all-or-nothing for every host (a leader lost mid-way leaves no host
-half-provisioned), and it costs one round trip instead of N connections
-(README, "Fleet": measured with ``bench.bench_fleet``).
+all-or-nothing for every host in it (a leader lost mid-way leaves no host
+half-provisioned) and costs one round trip instead of N connections (README,
+"Fleet", measured with ``bench.bench_fleet``).
 
-Idempotent: the operation first reads the rows; if every one already holds
-this provisioning's id and mode, the write was committed before a lost
-connection and is reported done, not written again. Otherwise it writes
-conditionally: a ``wait`` on every row read (the interface rows' mode and id,
-or their absence, and each host's published versions), so nothing another
-writer changed is overwritten, and a retry after a leader's loss is exact.
+Each write is decided by :func:`vhostcompat.hoststore.model.apply_mode_write`,
+the very check a host's own store makes (the mode and provisioning id read
+must still be there, the version must be published), and committed with a
+``wait`` on every row read. Idempotent: the operation reads first, so after
+a lost connection (a leader killed under the commit) a host whose record
+already holds the wanted mode and id is reported written, never written twice.
 """
 
 from __future__ import annotations
 
-import uuid as uuid_module
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from vhostcompat.fleet.errors import FleetError
+from vhostcompat.errors import VhostCompatError
 from vhostcompat.fleet.records import ranked_versions
-from vhostcompat.fleet.registry import profile_digest
-from vhostcompat.fleet.schema import HOST_TABLE, INTERFACE_TABLE, PROFILE_TABLE
+from vhostcompat.fleet.registry import profile_digest, profile_operations, profile_selects
+from vhostcompat.fleet.schema import HOST_TABLE, INTERFACE_TABLE
 from vhostcompat.fleet.session import FleetSession
-from vhostcompat.hoststore.model import check_interface_name
-from vhostcompat.ovsdb import Insert, OvsdbClient, OvsdbConflictError, Select, Update, Uuid, Wait
+from vhostcompat.hoststore.model import (
+    INTERFACE_VERSION_KEY,
+    PROVISION_ID_KEY,
+    VERSIONS_KEY,
+    HostStoreConflictError,
+    ModeWrite,
+    NotPublishedError,
+    apply_mode_write,
+    check_interface_name,
+)
+from vhostcompat.ovsdb import (
+    Insert,
+    NamedUuid,
+    OvsdbClient,
+    OvsdbConflictError,
+    Select,
+    Update,
+    Uuid,
+    Wait,
+)
 from vhostcompat.ovsdb.operations import DecodedRow, Operation
-from vhostcompat.profiles.model import CompatProfile
+from vhostcompat.ovsdb.values import Value
 
-ATTEMPTS = 4
-
-
-class FleetConflictError(FleetError):
-    """A host's versions or an interface record changed since the selection: nothing written."""
-
-
-def new_provision_id() -> str:
-    return uuid_module.uuid4().hex
+Outcomes = dict[str, VhostCompatError | None]
+BeforeWrite = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
-class ModeWrite:
-    """Write ``profile``'s version as ``interface``'s mode on ``hosts`` (their versions as
-    the selection saw them, in ``versions``)."""
-
-    interface: str
-    profile: CompatProfile
-    hosts: tuple[str, ...]
-    versions: Mapping[str, tuple[str, ...]]
-    provision_id: str
+class _Read:
+    host: DecodedRow | None
+    interface: DecodedRow | None
 
 
-async def write_modes(session: FleetSession, write: ModeWrite,
-                      before_write: Callable[[], Awaitable[object]] | None = None) -> bool:
-    """Write (or find written) the modes; True if this call wrote them, False if found done."""
-    check_interface_name(write.interface)
+async def write_modes(session: FleetSession, changes: Mapping[str, ModeWrite],
+                      before_write: BeforeWrite | None = None) -> Outcomes:
+    """Write every host's change in one transaction: host -> None (written) or its error."""
+    for change in changes.values():
+        check_interface_name(change.interface)
 
-    async def operation(client: OvsdbClient) -> bool:
-        for _ in range(ATTEMPTS):
-            outcome = await _write_once(client, write, before_write)
-            if outcome is not None:
-                return outcome
-        raise FleetConflictError(f"fleet {session.address}: interface {write.interface} "
-                                 "records kept changing under provisioning; nothing written")
+    async def operation(client: OvsdbClient) -> Outcomes:
+        return await _write_once(client, changes, before_write)
 
-    return await session.run(operation, f"provisioning {write.interface} on "
-                             f"{len(write.hosts)} hosts")
+    return await session.run(operation, f"provisioning {len(changes)} hosts")
 
 
-async def _write_once(client: OvsdbClient, write: ModeWrite,
-                      before_write: Callable[[], Awaitable[object]] | None) -> bool | None:
-    digest = profile_digest(write.profile)
+async def _write_once(client: OvsdbClient, changes: Mapping[str, ModeWrite],
+                      before_write: BeforeWrite | None) -> Outcomes:
+    hosts = list(changes)
+    wanted_profiles = {profile_digest(profile): profile for change in changes.values()
+                       for profile in change.publish or ()}
+    digests = sorted(wanted_profiles)
     results = await client.transact(
-        Select(PROFILE_TABLE, [("digest", "==", digest)], ["_uuid"]),
-        *(Select(HOST_TABLE, [("name", "==", host)], ["_uuid", "versions"])
-          for host in write.hosts),
-        *(Select(INTERFACE_TABLE, [("host", "==", host), ("name", "==", write.interface)],
-                 ["_uuid", "mode", "provision"]) for host in write.hosts))
-    count = len(write.hosts)
-    profile_rows = results[0]["rows"]
-    host_rows = [result["rows"] for result in results[1:1 + count]]
-    interface_rows = [result["rows"] for result in results[1 + count:]]
-    version = write.profile.version
-    if all(rows and _is(rows[0], version, write.provision_id) for rows in interface_rows):
-        return False  # committed before the connection was lost
-    for host, rows in zip(write.hosts, host_rows, strict=True):
-        if not rows or ranked_versions(rows[0]["versions"]) != write.versions.get(host):
-            raise FleetConflictError(f"host {host}: its published versions changed since "
-                                     "the selection; nothing written, run it again")
-    if not profile_rows:
-        raise FleetConflictError(f"fleet: no Profile row holds {version}'s contents any "
-                                 "more; nothing written, run it again")
-    profile_uuid = profile_rows[0]["_uuid"]
-    assert isinstance(profile_uuid, Uuid)
-    operations: list[Operation] = [Wait(PROFILE_TABLE, [("_uuid", "==", profile_uuid)],
-                                        ["digest"], [{"digest": digest}])]
-    for host, hosts, rows in zip(write.hosts, host_rows, interface_rows, strict=True):
-        host_uuid = hosts[0]["_uuid"]
-        assert isinstance(host_uuid, Uuid)
-        operations.append(Wait(HOST_TABLE, [("_uuid", "==", host_uuid)], ["versions"],
-                               [{"versions": hosts[0]["versions"]}]))
-        values: dict[str, str | Uuid] = {"mode": version, "profile": profile_uuid,
-                                         "provision": write.provision_id}
-        operations.extend(_interface_write(host, write.interface, rows, values))
+        *(Select(HOST_TABLE, [("name", "==", host)], ["_uuid", "versions"]) for host in hosts),
+        *(Select(INTERFACE_TABLE, [("host", "==", host), ("name", "==", changes[host].interface)],
+                 ["_uuid", "mode", "provision"]) for host in hosts),
+        *profile_selects(digests))
+    count = len(hosts)
+    reads = {host: _Read(_first(results[index]["rows"]), _first(results[count + index]["rows"]))
+             for index, host in enumerate(hosts)}
+    found = {digest: result["rows"] for digest, result in
+             zip(digests, results[2 * count:], strict=True)}
+    outcomes: Outcomes = {}
+    pending: list[str] = []
+    for host in hosts:
+        change, read = changes[host], reads[host]
+        if _mode_state(read.interface) == (change.wanted.mode, change.wanted.provision_id):
+            outcomes[host] = None  # committed before a lost connection: not written again
+            continue
+        try:
+            _decide(host, change, read)
+        except VhostCompatError as error:
+            return _refused(hosts, outcomes, host, error)
+        pending.append(host)
+    if not pending:
+        return outcomes
+    operations, references = profile_operations(wanted_profiles, found)
+    owners: list[tuple[int, str]] = []  # (first operation index, host) to name a conflict
+    for host in pending:
+        owners.append((len(operations), host))
+        operations.extend(_host_operations(host, changes[host], reads[host], references))
     if before_write is not None:
         await before_write()
     try:
         await client.transact(*operations)
-    except OvsdbConflictError:
-        return None
-    return True
+    except OvsdbConflictError as error:
+        index = error.index or 0
+        host = next((name for start, name in reversed(owners) if start <= index), pending[0])
+        return _refused(hosts, outcomes, host, HostStoreConflictError(
+            host, f"interface {changes[host].interface}'s fleet record or versions"))
+    outcomes.update(dict.fromkeys(pending))
+    return outcomes
 
 
-def _is(row: DecodedRow, version: str, provision_id: str) -> bool:
-    return row["mode"] == frozenset({version}) and row["provision"] == frozenset({provision_id})
-
-
-def _interface_write(host: str, interface: str, rows: list[DecodedRow],
-                     values: dict[str, str | Uuid]) -> list[Operation]:
-    if not rows:
-        where = [("host", "==", host), ("name", "==", interface)]
-        return [Wait(INTERFACE_TABLE, where, ["name"], []),
-                Insert(INTERFACE_TABLE, {"host": host, "name": interface, **values})]
-    row_uuid = rows[0]["_uuid"]
-    assert isinstance(row_uuid, Uuid)
-    where_uuid = [("_uuid", "==", row_uuid)]
-    return [Wait(INTERFACE_TABLE, where_uuid, ["mode", "provision"],
-                 [{"mode": rows[0]["mode"], "provision": rows[0]["provision"]}]),
-            Update(INTERFACE_TABLE, where_uuid, values)]
-
-
-async def read_modes(session: FleetSession, interface: str, hosts: Sequence[str]
-                     ) -> dict[str, tuple[str | None, str | None]]:
-    """host -> (mode, provision id) of one interface's records (None where absent)."""
-    async def read(client: OvsdbClient) -> dict[str, tuple[str | None, str | None]]:
-        results = await client.transact(*(Select(
-            INTERFACE_TABLE, [("host", "==", host), ("name", "==", interface)],
-            ["mode", "provision"]) for host in hosts))
-        modes: dict[str, tuple[str | None, str | None]] = {}
-        for host, result in zip(hosts, results, strict=True):
-            row = result["rows"][0] if result["rows"] else None
-            modes[host] = (None, None) if row is None else (_optional(row["mode"]),
-                                                            _optional(row["provision"]))
-        return modes
-
-    return await session.read(read, f"reading {interface} on {len(hosts)} hosts")
+def _first(rows: list[DecodedRow]) -> DecodedRow | None:
+    return rows[0] if rows else None
 
 
 def _optional(value: object) -> str | None:
     return str(next(iter(value))) if isinstance(value, frozenset) and value else None
+
+
+def _mode_state(row: DecodedRow | None) -> tuple[str | None, str | None]:
+    return (None, None) if row is None else (_optional(row["mode"]),
+                                             _optional(row["provision"]))
+
+
+def _decide(host: str, change: ModeWrite, read: _Read) -> None:
+    """The host store's own check, on the fleet's rows (raises what it would raise)."""
+    if read.host is None:
+        raise NotPublishedError(host, "is not registered in the fleet")
+    mode, provision = _mode_state(read.interface)
+    options = {key: value for key, value in ((INTERFACE_VERSION_KEY, mode),
+                                             (PROVISION_ID_KEY, provision)) if value}
+    versions = ",".join(ranked_versions(read.host["versions"]))
+    apply_mode_write(host, change, {VERSIONS_KEY: versions}, options)
+
+
+def _refused(hosts: Sequence[str], outcomes: Outcomes, host: str,
+             error: VhostCompatError) -> Outcomes:
+    """One host refused: nothing of this call is written; the others say so."""
+    for other in hosts:
+        if other not in outcomes:
+            outcomes[other] = error if other == host else HostStoreConflictError(
+                other, f"not written: {host} refused the provisioning ({error})")
+    return outcomes
+
+
+def _host_operations(host: str, change: ModeWrite, read: _Read,
+                     references: Mapping[str, Uuid | NamedUuid]) -> list[Operation]:
+    assert read.host is not None
+    host_uuid = read.host["_uuid"]
+    assert isinstance(host_uuid, Uuid)
+    by_uuid = [("_uuid", "==", host_uuid)]
+    operations: list[Operation] = [Wait(HOST_TABLE, by_uuid, ["versions"],
+                                        [{"versions": read.host["versions"]}])]
+    if change.publish is not None:
+        operations.append(Update(HOST_TABLE, by_uuid, {
+            "versions": dict(enumerate(profile.version for profile in change.publish)),
+            "profiles": frozenset(references[profile_digest(profile)]
+                                  for profile in change.publish)}))
+    values: dict[str, Value] = {
+        "mode": frozenset({change.wanted.mode} if change.wanted.mode else ()),
+        "provision": frozenset({change.wanted.provision_id} if change.wanted.provision_id
+                               else ())}
+    where = [("host", "==", host), ("name", "==", change.interface)]
+    if read.interface is None:
+        operations += [Wait(INTERFACE_TABLE, where, ["name"], []),
+                       Insert(INTERFACE_TABLE, {"host": host, "name": change.interface,
+                                                **values})]
+        return operations
+    row_uuid = read.interface["_uuid"]
+    assert isinstance(row_uuid, Uuid)
+    row_where = [("_uuid", "==", row_uuid)]
+    operations += [Wait(INTERFACE_TABLE, row_where, ["mode", "provision"],
+                        [{"mode": read.interface["mode"],
+                          "provision": read.interface["provision"]}]),
+                   Update(INTERFACE_TABLE, row_where, values)]
+    return operations
+
+
+async def read_modes(session: FleetSession, interface: str, hosts: Sequence[str]
+                     ) -> dict[str, tuple[str | None, str | None]]:
+    """host -> (mode, provision id) of one interface's records ((None, None) where absent)."""
+    async def read(client: OvsdbClient) -> dict[str, tuple[str | None, str | None]]:
+        results = await client.transact(*(Select(
+            INTERFACE_TABLE, [("host", "==", host), ("name", "==", interface)],
+            ["mode", "provision"]) for host in hosts))
+        return {host: _mode_state(_first(result["rows"]))
+                for host, result in zip(hosts, results, strict=True)}
+
+    return await session.read(read, f"reading {interface} on {len(hosts)} hosts")

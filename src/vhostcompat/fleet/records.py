@@ -24,13 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vhostcompat.errors import InputError
-from vhostcompat.fleet.errors import FleetUnknownHostError
+from vhostcompat.fleet.errors import FleetStaleHostError
 from vhostcompat.fleet.registry import DEFAULT_STALE_AFTER, now_ms
 from vhostcompat.fleet.schema import HOST_TABLE, INTERFACE_TABLE, PROFILE_TABLE
 from vhostcompat.fleet.session import FleetSession
 from vhostcompat.hoststore.model import (
     INTERFACE_VERSION_KEY,
     PROFILE_KEY_PREFIX,
+    PROVISION_ID_KEY,
     VERSIONS_KEY,
     HostRecord,
     HostStoreCorruptError,
@@ -63,24 +64,24 @@ class FleetView:
     """The named hosts as the fleet database holds them, read at ``read_at_ms``."""
 
     address: str
-    hosts: tuple[FleetHost, ...]
+    hosts: tuple[FleetHost, ...]  # the names the fleet holds, in the order asked
     read_at_ms: int
     stale_after: float
+    unknown: tuple[str, ...] = ()  # names no Host row holds
 
     def stale(self) -> dict[str, float]:
         """Stale host name -> seconds since its heartbeat."""
         return {host.name: host.age(self.read_at_ms) for host in self.hosts
                 if host.age(self.read_at_ms) > self.stale_after}
 
-    def reasons(self) -> list[str]:
-        return [f"{name}: heartbeat {age:.1f} s old (stale after {self.stale_after:g} s): "
-                "not treated as compatible" for name, age in self.stale().items()]
+    def stale_errors(self) -> list[FleetStaleHostError]:
+        return [FleetStaleHostError(name, age, self.stale_after)
+                for name, age in self.stale().items()]
 
     def records(self) -> list[HostRecord]:
-        """One record per host, in the order asked; a stale host's has nothing published."""
+        """The fresh hosts' records, in the order asked."""
         stale = self.stale()
-        return [HostRecord(host.name, (), {}, host.record.interfaces) if host.name in stale
-                else host.record for host in self.hosts]
+        return [host.record for host in self.hosts if host.name not in stale]
 
 
 def check_names(names: Sequence[str]) -> None:
@@ -91,9 +92,11 @@ def check_names(names: Sequence[str]) -> None:
 
 
 async def read_fleet(session: FleetSession, names: Sequence[str], *,
-                     interfaces: Sequence[tuple[str, str]] = (),
+                     interfaces: Sequence[str] = (),
                      stale_after: float = DEFAULT_STALE_AFTER) -> FleetView:
-    """The named hosts (and these ``(host, interface)`` records); see the module docstring."""
+    """The named hosts (and their records of these interfaces); see the module docstring.
+
+    Names the fleet does not hold are in :attr:`FleetView.unknown`."""
     check_names(names)
 
     async def read(client: OvsdbClient) -> FleetView:
@@ -108,24 +111,22 @@ async def read_fleet(session: FleetSession, names: Sequence[str], *,
 
 
 async def _read_once(client: OvsdbClient, address: str, names: Sequence[str],
-                     interfaces: Sequence[tuple[str, str]],
+                     interfaces: Sequence[str],
                      stale_after: float) -> FleetView | None:
     if len(names) >= WHOLE_TABLE_FROM:
         selects = [Select(HOST_TABLE, (), None)]
     else:
         selects = [Select(HOST_TABLE, [("name", "==", name)]) for name in names]
-    interface_selects = [Select(INTERFACE_TABLE, [("host", "==", host), ("name", "==", name)])
-                         for host, name in interfaces]
+    # One select per interface name (every host's record of it), filtered here: the
+    # Interface table is never read whole, nor row by row for N hosts.
+    interface_selects = [Select(INTERFACE_TABLE, [("name", "==", name)])
+                         for name in dict.fromkeys(interfaces)]
     results = await client.transact(*selects, *interface_selects)
     read_at = now_ms()
     rows = {str(row["name"]): row for result in results[:len(selects)]
             for row in result["rows"]}
-    missing = [name for name in names if name not in rows]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
-                                          else "")
-        raise FleetUnknownHostError(f"fleet {address}: no host named {shown}")
-    references = sorted({uuid for name in names for uuid in _uuids(rows[name]["profiles"])},
+    known = [name for name in names if name in rows]
+    references = sorted({uuid for name in known for uuid in _uuids(rows[name]["profiles"])},
                         key=str)
     profiles: dict[Uuid, CompatProfile] = {}
     if references:
@@ -136,17 +137,27 @@ async def _read_once(client: OvsdbClient, address: str, names: Sequence[str],
                 return None  # a host re-registered between the two reads: read again
             # Decoded once per content, whatever the number of hosts sharing it.
             profiles[uuid] = _profile(address, result["rows"][0])
+    wanted = set(known)
     by_host: dict[str, dict[str, tuple[dict[str, str], dict[str, str]]]] = {}
     for result in results[len(selects):]:
         for row in result["rows"]:
-            mode = row["mode"]
-            options = {INTERFACE_VERSION_KEY: str(next(iter(mode)))} if isinstance(
-                mode, frozenset) and mode else {}
-            by_host.setdefault(str(row["host"]), {})[str(row["name"])] = (
-                options, _string_map(row["negotiated"]))
+            if str(row["host"]) in wanted:
+                by_host.setdefault(str(row["host"]), {})[str(row["name"])] = (
+                    _options(row), _string_map(row["negotiated"]))
     hosts = tuple(_fleet_host(name, rows[name], profiles, by_host.get(name, {}))
-                  for name in names)
-    return FleetView(address, hosts, read_at, stale_after)
+                  for name in known)
+    return FleetView(address, hosts, read_at, stale_after,
+                     tuple(name for name in names if name not in rows))
+
+
+def _options(row: DecodedRow) -> dict[str, str]:
+    """An interface record as the host store's Interface options (mode, provisioning id)."""
+    options = {}
+    for column, key in (("mode", INTERFACE_VERSION_KEY), ("provision", PROVISION_ID_KEY)):
+        value = row[column]
+        if isinstance(value, frozenset) and value:
+            options[key] = str(next(iter(value)))
+    return options
 
 
 def ranked_versions(value: object) -> tuple[str, ...]:

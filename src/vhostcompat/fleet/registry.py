@@ -163,29 +163,14 @@ async def _register_once(client: OvsdbClient, registrations: Sequence[Registrati
     results = await client.transact(
         *(Select(HOST_TABLE, [("name", "==", registration.name)],
                  ["_uuid", "owner", "heartbeat"]) for registration in registrations),
-        *(Select(PROFILE_TABLE, [("digest", "==", digest)], ["_uuid"]) for digest in ordered))
+        *profile_selects(ordered))
     hosts = [result["rows"] for result in results[:len(registrations)]]
     found = {digest: result["rows"] for digest, result in
              zip(ordered, results[len(registrations):], strict=True)}
     now = now_ms()
     for registration, rows in zip(registrations, hosts, strict=True):
         _check_owner(registration, rows, now, stale_after)
-    operations: list[Operation] = []
-    references: dict[str, Uuid | NamedUuid] = {}
-    for index, digest in enumerate(ordered):
-        if found[digest]:
-            uuid = found[digest][0]["_uuid"]
-            assert isinstance(uuid, Uuid)
-            references[digest] = uuid
-            operations.append(Wait(PROFILE_TABLE, [("_uuid", "==", uuid)], ["digest"],
-                                   [{"digest": digest}]))
-        else:
-            name = f"profile{index}"
-            references[digest] = NamedUuid(name)
-            profile = wanted[digest]
-            operations.append(Insert(PROFILE_TABLE, {
-                "digest": digest, "version": profile.version,
-                "contents": encode_profile(profile)}, uuid_name=name))
+    operations, references = profile_operations(wanted, found)
     for registration, by_version, rows in zip(registrations, digests, hosts, strict=True):
         row: dict[str, Value] = {"name": registration.name, "remote": registration.remote,
                "versions": dict(enumerate(registration.versions)),
@@ -201,6 +186,33 @@ async def _register_once(client: OvsdbClient, registrations: Sequence[Registrati
             return False
         raise
     return True
+
+
+def profile_operations(wanted: dict[str, CompatProfile], found: dict[str, list[DecodedRow]]
+                       ) -> tuple[list[Operation], dict[str, Uuid | NamedUuid]]:
+    """Rows for these profiles (digest -> profile): a ``wait`` on each row found (it must
+    still be there), an insert of each missing one; and how to reference each."""
+    operations: list[Operation] = []
+    references: dict[str, Uuid | NamedUuid] = {}
+    for index, digest in enumerate(sorted(wanted)):
+        if found.get(digest):
+            uuid = found[digest][0]["_uuid"]
+            assert isinstance(uuid, Uuid)
+            references[digest] = uuid
+            operations.append(Wait(PROFILE_TABLE, [("_uuid", "==", uuid)], ["digest"],
+                                   [{"digest": digest}]))
+        else:
+            name = f"profile{index}"
+            references[digest] = NamedUuid(name)
+            profile = wanted[digest]
+            operations.append(Insert(PROFILE_TABLE, {
+                "digest": digest, "version": profile.version,
+                "contents": encode_profile(profile)}, uuid_name=name))
+    return operations, references
+
+
+def profile_selects(digests: list[str]) -> list[Select]:
+    return [Select(PROFILE_TABLE, [("digest", "==", digest)], ["_uuid"]) for digest in digests]
 
 
 def _check_owner(registration: Registration, rows: list[DecodedRow], now: int,

@@ -12,8 +12,8 @@ Tables (``vhostcompat fleet schema`` prints the file):
   contents share one row, and a row no host references is garbage-collected
   by ovsdb-server.
 * ``Interface`` (root, unique ``(host, name)``): per-interface records
-  (the mode provisioned and a reference to its contents, the provisioning
-  id that wrote it, the negotiated state the agent saw). Kept apart from
+  (the mode provisioned, the provisioning id that wrote it, the negotiated
+  state the agent saw). Kept apart from
   ``Host``: managers never monitor it, and each agent monitors only its
   own host's rows (``monitor_cond`` with a ``where``).
 
@@ -36,7 +36,7 @@ PROFILE_TABLE = "Profile"
 INTERFACE_TABLE = "Interface"
 HOST_COLUMNS = ("name", "remote", "versions", "profiles", "heartbeat", "owner")
 PROFILE_COLUMNS = ("digest", "version", "contents")
-INTERFACE_COLUMNS = ("host", "name", "mode", "profile", "provision", "negotiated")
+INTERFACE_COLUMNS = ("host", "name", "mode", "provision", "negotiated")
 REQUIRED_COLUMNS = {HOST_TABLE: HOST_COLUMNS, PROFILE_TABLE: PROFILE_COLUMNS,
                     INTERFACE_TABLE: INTERFACE_COLUMNS}
 
