@@ -37,7 +37,8 @@ from vhostcompat.profiles.model import VERSION_PATTERN
 
 def versions(args: argparse.Namespace) -> int:
     with progress_bar(args, "versions") as progress:
-        report = run(manager.versions(args.hosts, record_source(args), progress))
+        report = run(manager.versions(args.hosts, records=record_source(args),
+                                             progress=progress))
     emit_report(args, report)
     warn_failures(report.failures)
     return EXIT_OK if report.complete else EXIT_ERROR
@@ -45,7 +46,8 @@ def versions(args: argparse.Namespace) -> int:
 
 def select(args: argparse.Namespace) -> int:
     with progress_bar(args, "select") as progress:
-        report = run(manager.select(args.hosts, args.prefer, record_source(args), progress))
+        report = run(manager.select(args.hosts, args.prefer, records=record_source(args),
+                                           progress=progress))
     emit_report(args, report)
     return EXIT_OK if report.selection.found else EXIT_NO
 
@@ -70,7 +72,7 @@ def baseline(args: argparse.Namespace) -> int:
         raise InputError(f"--name: invalid version string {args.name!r}")
     with progress_bar(args, "baseline") as progress:
         report = run(manager.baseline(args.hosts, args.name, args.description or "",
-                                      record_source(args), progress))
+                                      records=record_source(args), progress=progress))
     emit_report(args, report)
     return EXIT_OK
 

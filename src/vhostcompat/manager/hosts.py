@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vhostcompat.errors import InputError, UnknownVersionError
 from vhostcompat.hoststore import HostRecord, NotPublishedError, open_host
 from vhostcompat.manager.sources import (
     Gathered,
@@ -28,6 +29,7 @@ from vhostcompat.profiles import (
 )
 from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
 from vhostcompat.profiles.catalog import catalog_entry_text
+from vhostcompat.profiles.model import VERSION_PATTERN
 
 JsonObject = dict[str, object]
 
@@ -42,10 +44,10 @@ async def read_host(address: str) -> HostRecord:
         return await store.read()
 
 
-async def read_hosts(addresses: Sequence[str], source: RecordSource | None = None,
+async def read_hosts(addresses: Sequence[str], *, records: RecordSource | None = None,
                      what: str = "reading hosts") -> list[HostRecord]:
     """Every host's record, in the order given; :class:`FleetError` if any failed."""
-    gathered = await default_source(source).gather(addresses)
+    gathered = await default_source(records).gather(addresses)
     return gathered.require_all(what)
 
 
@@ -88,10 +90,10 @@ class VersionsReport:
                 for host in self.hosts]
 
 
-async def versions(addresses: Sequence[str], source: RecordSource | None = None,
+async def versions(addresses: Sequence[str], *, records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> VersionsReport:
     """Each host's versions; a host that cannot be read is listed with its reason."""
-    gathered = await default_source(source).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress)
     return VersionsReport(tuple(gathered.records[address] for address in gathered.addresses
                                 if address in gathered.records),
                           tuple(gathered.failure_list()))
@@ -133,9 +135,27 @@ def version_contents(hosts: Sequence[HostRecord], version: str) -> CompatProfile
                  if (profile := host.profile(version)) is not None), None)
 
 
+def require_known(version: str, hosts: Sequence[HostRecord], catalog: Catalog | None) -> None:
+    """Refuse a version string no host publishes and no catalog defines."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise InputError(f"invalid version string {version!r}")
+    if any(version in host.versions for host in hosts):
+        return
+    if catalog is not None and catalog.find(version) is not None:
+        return
+    raise UnknownVersionError(f"unknown version {version!r}: no host publishes it"
+                              + (" and no catalog defines it" if catalog is not None else ""))
+
+
 def select_from_records(hosts: Sequence[HostRecord],
                         prefer: str | None = None) -> SelectionReport:
-    """The first version every host publishes or satisfies by content (or the pinned one)."""
+    """The first version every host publishes or satisfies by content (or the pinned one).
+
+    A pinned version no host publishes is :class:`UnknownVersionError` (exit 2):
+    nobody can support it, by name or by content.
+    """
+    if prefer is not None:
+        require_known(prefer, hosts, None)
     selection = select_version({host.address: host.versions for host in hosts}, prefer,
                                profiles={host.address: published_profiles(host)
                                          for host in hosts})
@@ -147,11 +167,11 @@ def select_from_records(hosts: Sequence[HostRecord],
     return SelectionReport(tuple(host.address for host in hosts), selection, machine_type)
 
 
-async def select(addresses: Sequence[str], prefer: str | None = None,
-                 source: RecordSource | None = None,
+async def select(addresses: Sequence[str], prefer: str | None = None, *,
+                 records: RecordSource | None = None,
                  progress: ProgressCallback | None = None) -> SelectionReport:
     """Select for every host a VM may run on; :class:`FleetError` if one cannot be read."""
-    gathered = await default_source(source).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress)
     return select_from_records(gathered.require_all("select"), prefer)
 
 
@@ -178,11 +198,11 @@ class BaselineReport:
         return catalog_entry_text(self.baseline.profile, comments).splitlines()
 
 
-async def baseline(addresses: Sequence[str], version: str, description: str = "",
-                   source: RecordSource | None = None,
+async def baseline(addresses: Sequence[str], version: str, description: str = "", *,
+                   records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> BaselineReport:
     """The intersection of the hosts' offers (each host's first published profile)."""
-    gathered: Gathered = await default_source(source).gather(addresses, progress)
+    gathered: Gathered = await default_source(records).gather(addresses, progress)
     hosts = gathered.require_all("baseline")
     offers: list[tuple[str, CompatProfile]] = []
     for host in hosts:

@@ -33,6 +33,7 @@ from vhostcompat.manager.hosts import (
     default_source,
     failures_json,
     published_profiles,
+    require_known,
     version_contents,
 )
 from vhostcompat.manager.migration import required_profile
@@ -179,6 +180,8 @@ def matrix_from_records(addresses: Sequence[str], records: Mapping[str, HostReco
                         catalog: Catalog | None = None) -> MatrixReport:
     """The matrix and domains over the hosts that could be read (pure)."""
     hosts = [records[address] for address in addresses if address in records]
+    if version is not None and not failures:
+        require_known(version, hosts, catalog)
     versions = [version] if version is not None else list(dict.fromkeys(
         name for host in hosts for name in host.versions))
     # As selection does: a host runs a version it publishes, or one whose contents some

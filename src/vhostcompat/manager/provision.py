@@ -76,7 +76,7 @@ class ProvisionError(HostError):
         if self.restored:
             text += f"; restored {len(self.restored)} host(s) written before"
         elif not self.not_restored:
-            text += "; nothing was written"
+            text += "; no host was written"
         if self.not_restored:
             text += "; NOT restored: " + "; ".join(
                 failure.reason for failure in self.not_restored)

@@ -202,4 +202,5 @@ def _as_error(address: str, error: object, timeout: float) -> VhostCompatError:
 def failure_of(address: str, error: VhostCompatError) -> HostFailure:
     """A failure whose reason names the host (store errors already do)."""
     text = str(error)
-    return HostFailure(address, text if address in text else f"host {address}: {text}", error)
+    named = text.startswith(f"host {address}")
+    return HostFailure(address, text if named else f"host {address}: {text}", error)

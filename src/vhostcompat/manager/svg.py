@@ -107,7 +107,8 @@ def matrix_svg(report: MatrixReport) -> str:
                      f"fill='{STATUS_COLOURS[status]}' stroke='#999999'/>")
         parts.append(f"<text x='{MARGIN + 18}' y='{y}' {FONT}>{escape(text)}</text>")
         y += LINE
-    lines = report.summary_lines()[1:]
+    lines = [*report.summary_lines()[1:],
+             *(f"unreachable: {failure.reason}" for failure in report.failures)]
     for index, line in enumerate(lines):
         if index < len(report.domains) and index < len(DOMAIN_COLOURS):
             parts.append(f"<rect x='{MARGIN}' y='{y - 11}' width='12' height='12' "
