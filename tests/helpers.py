@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 from collections.abc import Awaitable
 from typing import NamedTuple, TypeVar
 
@@ -77,3 +78,13 @@ def run_bounded(coroutine: Awaitable[T], timeout: float = SCENARIO_TIMEOUT) -> T
             return await coroutine
 
     return asyncio.run(bounded())
+
+
+async def run_cli_process(*argv: str, timeout: float = 60.0) -> CliResult:
+    """``vhostcompat ARGS...`` as its own process (for tests inside an event loop)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vhostcompat.cli", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None  # communicate() waited for the exit
+    return CliResult(process.returncode, out.decode(), err.decode())

@@ -28,6 +28,7 @@ import tempfile
 import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -35,8 +36,11 @@ from vhostcompat.cli import main
 from vhostcompat.errors import VhostCompatError
 from vhostcompat.features import VirtioFeature, names
 from vhostcompat.hoststore import open_host
+from vhostcompat.lab.commands import run_agent
+from vhostcompat.lab.ovs import OvsConfig, run_ovs_pair
+from vhostcompat.lab.ovs import missing_tools as missing_ovs_tools
 from vhostcompat.lab.qemu import RunningQemu, qemu10_binary
-from vhostcompat.lab.story import MigrationRun, play_migration
+from vhostcompat.lab.story import MigrationRun, OvsMigrationRun, ovs_migration, play_migration
 from vhostcompat.lab.uso import TapMigrationRun, TapSide, play_tap_migration
 from vhostcompat.profiles import NegotiatedState, load_default_catalog
 from vhostcompat.tap import TUN_PATH
@@ -44,6 +48,7 @@ from vhostcompat.tap import TUN_PATH
 V27 = "upstream.ovs-dpdk.v2.7"
 V26 = "upstream.ovs-dpdk.v2.6"
 FC26 = "fc26.ovs-dpdk.v2.6"
+COMMAND_TIMEOUT = 60.0
 
 
 @dataclass
@@ -65,11 +70,26 @@ class Stage:
         with contextlib.chdir(self.workdir), contextlib.redirect_stdout(captured), \
                 contextlib.redirect_stderr(captured):
             status = main(list(argv))
-        self.out.write(f"  $ vhostcompat {' '.join(argv)}\n")
-        for line in captured.getvalue().splitlines():
+        return self._show(["vhostcompat", *argv], status, captured.getvalue())
+
+    async def command(self, *argv: str) -> tuple[int, str]:
+        """Run ``vhostcompat ...`` or any program as a child (the event loop keeps
+        serving the lab meanwhile), print it and its output."""
+        program = [sys.executable, "-m", "vhostcompat.cli"] if argv[0] == "vhostcompat" \
+            else [argv[0]]
+        process = await asyncio.create_subprocess_exec(
+            *program, *argv[1:], cwd=self.workdir, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT)
+        assert process.returncode is not None  # communicate() waited for the exit
+        return self._show(argv, process.returncode, output.decode(errors="replace"))
+
+    def _show(self, argv: Sequence[str], status: int, output: str) -> tuple[int, str]:
+        self.out.write(f"  $ {' '.join(argv)}\n")
+        for line in output.splitlines():
             self.out.write(f"    {line}\n")
         self.out.write(f"    (exit {status})\n\n")
-        return status, captured.getvalue()
+        return status, output
 
     def expect(self, condition: bool, what: str) -> None:
         if not condition:
@@ -272,6 +292,97 @@ def _tell_with_mode(stage: Stage, run: MigrationRun) -> None:
     stage.expect(same, "the destination's guest features should equal the source's")
 
 
+OVS_BASE = "debian12.ovs-dpdk.v3.1-base"
+OVS_CATALOG = "ovs-dpdk-3.1.toml"
+
+
+def act_ovs_story(stage: Stage) -> None:
+    missing = [tool for tool in ("qemu-system-x86_64",) if shutil.which(tool) is None]
+    missing += missing_ovs_tools()
+    if missing:
+        stage.out.write(f"  Skipped: not installed: {', '.join(missing)}\n\n")
+        stage.say("""
+            This act plays the story on real Open vSwitch with the DPDK datapath.
+            scripts/setup.sh installs it (the Debian package openvswitch-switch-dpdk)
+            when run as root. Everything above ran without it.
+            """)
+        return
+    stage.say("""
+        Now on real Open vSwitch with the DPDK datapath (OVS 3.1 + DPDK 22.11), the way
+        operators run it: two hosts on this machine, each its own ovsdb-server and
+        ovs-vswitchd-dpdk. ovs-a has other_config:userspace-tso-enable=true, ovs-b not:
+        OVS itself withholds TSO unless told, so they are two back-end versions. Each
+        host publishes only what its running OVS honours: publish --probe-ovs adds a
+        transient port, answers OVS as a vhost-user front-end, and removes the port.
+        """)
+    catalog = str(resources.files("vhostcompat").joinpath("catalogs", OVS_CATALOG))
+    run_dir = Path(tempfile.mkdtemp(prefix="vc-demo-ovs-", dir="/tmp"))  # short socket paths
+    try:
+        asyncio.run(_play_ovs(stage, run_dir, catalog))
+    except VhostCompatError as error:
+        stage.expect(False, f"the OVS-DPDK story could not be played: {error}")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _play_ovs(stage: Stage, run_dir: Path, catalog: str) -> None:
+    async with run_ovs_pair([OvsConfig("a", tso=True), OvsConfig("b")], run_dir) as pair:
+        host_a, host_b = pair["a"], pair["b"]
+        for host in (host_a, host_b):
+            status, _ = await stage.command("vhostcompat", "publish", "--db", host.remote,
+                                            "--catalog", catalog, "--probe-ovs")
+            stage.expect(status == 0, f"publishing ovs-{host.config.name} failed")
+        status, output = await stage.command("vhostcompat", "select", host_a.remote,
+                                             host_b.remote)
+        stage.expect(status == 0 and output.strip() == OVS_BASE,
+                     f"select should print {OVS_BASE}")
+        stage.say("""
+            Without a mode, QEMU on ovs-a (the vhost-user server of a dpdkvhostuserclient
+            port) meets OVS directly: the guest takes TSO, and the migration to ovs-b fails
+            inside QEMU.
+            """)
+        async with ovs_migration(run_dir, host_a, host_b, "vhu1") as (run, _, _):
+            _tell_ovs_run(stage, run)
+            stage.expect(run.acked & TSO_BITS == TSO_BITS and run.status == "failed",
+                         "without a mode the guest should take TSO and the migration fail")
+        stage.say("""
+            With vhostcompat agent running on both hosts, the selected version is assigned
+            the operator's way, on each host:
+            """)
+        stage.out.write(f"  $ ovs-vsctl set Interface vhu0 "
+                        f"options:vhost-compat-version={OVS_BASE}\n\n")
+        stage.say("""
+            Each agent starts a proxy in that mode and re-creates the port on its own
+            socket (QEMU's path kept on the row); then the VMs start.
+            """)
+        async with run_agent(host_a.remote, run_dir / "agent-a", run_dir, "agent-a"), \
+                run_agent(host_b.remote, run_dir / "agent-b", run_dir, "agent-b"), \
+                ovs_migration(run_dir, host_a, host_b, "vhu0", OVS_BASE) as (run, _, _):
+            _tell_ovs_run(stage, run)
+            stage.expect(not run.acked & TSO_BITS and run.status == "completed"
+                         and run.destination_acked == run.acked,
+                         "in the mode the migration should complete, features unchanged")
+            stage.say("What ovs-b's agent recorded, and what OVS itself negotiated:")
+            for column in ("external_ids", "status:features"):
+                await stage.command("ovs-vsctl", f"--db={host_b.remote}", "get", "Interface",
+                                    "vhu0", column)
+            status, _ = await stage.command("vhostcompat", "check-migration", "--iface",
+                                            "vhu0", "--from", host_a.remote,
+                                            "--to", host_b.remote)
+            stage.expect(status == 0, "vhu0 -> ovs-b should be compatible")
+
+
+def _tell_ovs_run(stage: Stage, run: OvsMigrationRun) -> None:
+    took = ", ".join(names(run.acked & TSO_BITS, VirtioFeature)) or "no TSO"
+    outcome = (f"completed, downtime {run.downtime_ms} ms; on ovs-b the device runs, guest "
+               f"features {_features(run.destination_acked)}" if run.destination_acked
+               is not None else f"{run.status}; ovs-b's QEMU: {run.destination_error}")
+    stage.out.write(
+        f"  {run.iface}, mode {run.mode or 'none'}: QEMU on ovs-a was offered "
+        f"{_features(run.offered)}; the guest acked {_features(run.acked)} ({took})\n"
+        f"    migration ovs-a -> ovs-b: {outcome}\n\n")
+
+
 USO_BITS = (VirtioFeature.VIRTIO_NET_F_GUEST_USO4 | VirtioFeature.VIRTIO_NET_F_GUEST_USO6
             | VirtioFeature.VIRTIO_NET_F_HOST_USO)
 USO_ON = {"host_uso": "on", "guest_uso4": "on", "guest_uso6": "on"}
@@ -430,6 +541,7 @@ ACTS: list[Act] = [
     Act("Different names, same content", act_by_content),
     Act("Pinning the frontend from the same profile", act_frontend),
     Act("The story for real: QEMU, DPDK testpmd and the enforcement proxy", act_real_story),
+    Act("On real OVS-DPDK: verified publishing and the host agents", act_ovs_story),
     Act("Tap backends and two QEMU generations: the USO failures of 2024-2026", act_uso_story),
 ]
 

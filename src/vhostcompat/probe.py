@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import Awaitable, Callable
 
 from vhostcompat.errors import VhostCompatError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.profiles import feature_labels
-from vhostcompat.transport import MessageConnection, connect
+from vhostcompat.transport import FdConnection, MessageConnection, connect
 from vhostcompat.vhostuser import (
     EMPTY,
     U64,
@@ -182,11 +183,26 @@ async def probe(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOU
     listens) with a one-line reason.
     """
     where = os.fspath(path)
+
+    async def connected() -> FdConnection:
+        return await connect(where, name="probe")
+
+    return await probe_connection(connected, where, timeout=timeout, set_owner=set_owner)
+
+
+async def probe_connection(connection: Callable[[], Awaitable[FdConnection]], where: str, *,
+                           timeout: float = DEFAULT_TIMEOUT,
+                           set_owner: bool = False) -> ProbeResult:
+    """Probe, as a front-end, over the connection ``connection()`` gives (closed after).
+
+    The connection may be one the probe made, or one a backend made to a
+    socket of ours (an OVS ``dpdkvhostuserclient`` port): the front-end
+    side of the protocol is the same. Everything within ``timeout`` seconds.
+    """
     prober: _Prober | None = None
     try:
         async with asyncio.timeout(timeout):
-            connection = await connect(where, name="probe")
-            prober = _Prober(where, MessageConnection(connection, Channel.FRONTEND,
+            prober = _Prober(where, MessageConnection(await connection(), Channel.FRONTEND,
                                                       Role.FRONTEND))
             try:
                 return await prober.run(set_owner)

@@ -89,7 +89,8 @@ def test_ovs_status_is_read_and_disagreement_is_said(short_dir: Path) -> None:
             await store.publish([V26])
             await store.assign("vhu0", V26.version)
             await store.record_negotiated("vhu0", NegotiatedState(
-                acked_features=VERSION_1, queue_pairs=1, ring_size=256))
+                acked_features=VERSION_1, queue_pairs=1, ring_size=256,
+                machine_type="pc-q35-7.2"))
         async with await connect(server.remote) as client:  # as OVS-DPDK writes it
             await client.transact(Update("Interface", [("name", "==", "vhu0")], {"status": {
                 "features": f"{int(VERSION_1 | INDIRECT):#x}", "num_of_vrings": "2",
@@ -103,6 +104,7 @@ def test_ovs_status_is_read_and_disagreement_is_said(short_dir: Path) -> None:
             "OVS status ring size 512 but the proxy recorded 256")
         effective = interface.effective_negotiated()
         assert effective.acked_features == VERSION_1 | INDIRECT and effective.ring_size == 512
+        assert effective.machine_type == "pc-q35-7.2"  # kept as recorded
 
     with_server(short_dir, scenario)
 

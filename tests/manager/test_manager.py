@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import run_bounded
 from vhostcompat import manager
 from vhostcompat.errors import InputError
+from vhostcompat.features import VirtioFeature
 from vhostcompat.hoststore import (
     HOST_FILE,
     HostStoreCorruptError,
@@ -206,3 +207,26 @@ def test_matrix_where_nobody_runs_the_version_is_not_all_compatible(
     report = run(manager.matrix(hosts, "nobody", load_catalog([extra])))
     assert {cell.symbol for cell in report.cells} == {"n/a"}
     assert not report.all_compatible
+
+
+def test_ovs_status_that_disagrees_is_said_and_checked_too(hosts: tuple[str, str]) -> None:
+    """OVS saw INDIRECT_DESC acked where the proxy recorded less: the check honours both."""
+    host_a, host_b = hosts
+    run(manager.assign(host_a, "vhu0", V26))
+    run(open_host(host_a).record_negotiated("vhu0", NegotiatedState(
+        acked_features=VirtioFeature.VIRTIO_F_VERSION_1)))
+    assert run(manager.check_migration("vhu0", host_a, host_b)).compatible
+    path = Path(host_a) / HOST_FILE
+    document = json.loads(path.read_text())
+    seen = VirtioFeature.VIRTIO_F_VERSION_1 | VirtioFeature.VIRTIO_RING_F_INDIRECT_DESC
+    document["Interface"]["vhu0"]["status"] = {"features": f"{int(seen):#x}"}
+    path.write_text(json.dumps(document))
+    report = run(manager.check_migration("vhu0", host_a, host_b))
+    assert not report.compatible
+    assert report.ovs_status_disagreements == (
+        f"OVS status features={int(seen):#x} but the proxy recorded acked features "
+        f"{int(VirtioFeature.VIRTIO_F_VERSION_1):#x}",)
+    assert any(line.startswith("note: OVS status features=") for line in report.lines())
+    assert report.to_json()["ovs_status_disagreements"] == list(
+        report.ovs_status_disagreements)
+    assert any("VIRTIO_RING_F_INDIRECT_DESC" in reason for reason in report.check.reasons)

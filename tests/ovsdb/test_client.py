@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+import vhostcompat.ovsdb
 from tests.helpers import run_bounded
 from tests.ovsdb.helpers import listener, require_ovsdb, write_schema
 from vhostcompat.lab.ovsdb import OvsdbServer, free_tcp_port, run_ovsdb_server
@@ -161,7 +164,7 @@ def test_echo_probes_from_the_server_are_answered(short_dir: Path) -> None:
         async with await connect(server.tcp_remote) as client:
             # ovsdb-server probes a TCP client idle for 1 s and drops it if it
             # does not answer within another second.
-            await wait_until(lambda: client.echo_replies >= 3, 30.0, "three echo probes")
+            await wait_until(lambda: client.echo_replies >= 2, 30.0, "two echo probes")
             assert await client.select("Open_vSwitch", columns=["_uuid"])
             assert client.connections_made == 1
 
@@ -179,8 +182,7 @@ def test_reconnect_after_a_crash_resyncs_monitors_and_fails_pending_calls(
             pending = asyncio.ensure_future(client.transact(
                 Wait("Interface", WHERE_VHU0, ["options"], [{"options": {}}], until="!=",
                      timeout=60_000)))
-            await wait_until(lambda: bool(client._connection and client._connection._pending),
-                             5.0, "the wait to be pending")
+            await wait_until(lambda: client.pending_calls == 1, 5.0, "the wait to be pending")
             await server.kill()
             with pytest.raises(OvsdbConnectionError, match=r"lost while waiting for the reply "
                                r"to transact.*may or may not have been committed"):
@@ -268,3 +270,88 @@ def test_a_hostile_server_is_refused_and_disconnected(short_dir: Path, sent: byt
             assert "\n" not in str(caught.value)
 
     run_bounded(scenario(), 30.0)
+
+
+def test_a_hung_server_is_probed_dropped_and_reached_again(short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        async with await connect(server.remote, timeout=0.5, probe_interval=0.5) as client:
+            os.kill(server.pid, signal.SIGSTOP)  # alive, socket open, never answering
+            try:
+                await wait_until(lambda: client.runstate is Runstate.CONNECTING, 10.0,
+                                 "the client to drop the silent server")
+                assert "no reply to an echo probe within 0.5 s" in str(client.last_error)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await client.select("Open_vSwitch", columns=["_uuid"], timeout=10.0)
+            assert client.connections_made >= 2
+
+    with_server(short_dir, scenario)
+
+
+def test_without_reconnect_a_lost_connection_ends_monitors_and_calls_clearly(
+        short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        client = await connect(server.remote, reconnect=False)
+        updates = client.monitor({"Open_vSwitch": ["external_ids"]})
+        assert (await anext(updates)).initial
+        await server.kill()
+        with pytest.raises(OvsdbConnectionError, match=r"monitor ended: .*closed"):
+            await anext(updates)
+        await wait_until(lambda: client.runstate is Runstate.IDLE, 10.0, "the client idle")
+        with pytest.raises(OvsdbConnectionError, match="not connected"):
+            await client.select("Open_vSwitch")
+        await client.close()
+        await server.start()
+        await client.connect()  # an idle client may connect again
+        assert client.connections_made == 2
+        await client.close()
+
+    with_server(short_dir, scenario)
+
+
+def test_the_api_the_agent_codes_against(short_dir: Path) -> None:
+    """The contract of issue 7, exactly as the agent uses it."""
+    assert {"OvsdbError", "OvsdbTimeoutError", "parse_remotes", "NamedUuid", "Uuid",
+            "OvsdbCommitError", "OvsdbConflictError", "OvsdbSchemaError"} <= set(
+        vhostcompat.ovsdb.__all__)
+
+    async def scenario(server: OvsdbServer) -> None:
+        columns = ("name", "options", "external_ids", "status", "type")
+        client = await connect(f"{server.remote},tcp:127.0.0.1:{free_tcp_port()}",
+                               database="Open_vSwitch", timeout=5.0,
+                               required_columns={"Interface": columns})
+        async with client:
+            await add_port(client)
+            updates = client.monitor({"Interface": list(columns)})
+            first = await anext(updates)
+            assert first.initial and len(first["Interface"]) == 1
+            results = await client.transact(
+                Wait("Interface", where=[("name", "==", "vhu0")], columns=["options"],
+                     rows=[{"options": {}}]),
+                Update("Interface", where=[("name", "==", "vhu0")], row={"options": {"a": "b"}}),
+                timeout=5.0)
+            assert results == [{}, {"count": 1}]
+            [(old, new)] = (await anext(updates))["Interface"].values()
+            assert old is not None and new is not None
+            assert (old["options"], new["options"]) == ({}, {"a": "b"})
+        await client.close()  # closing twice is harmless
+        assert client.runstate is Runstate.IDLE
+
+    with_server(short_dir, scenario)
+
+
+def test_connect_can_wait_for_a_server_that_starts_later(short_dir: Path) -> None:
+    async def scenario(server: OvsdbServer) -> None:
+        await server.stop()
+        client = OvsdbClient(server.remote)
+        started = asyncio.ensure_future(client.connect(retry_for=30.0))
+        await wait_until(lambda: client.last_error is not None, 10.0, "a first failed attempt")
+        assert not started.done() and client.runstate is Runstate.CONNECTING
+        await server.start()
+        await started
+        async with client:
+            assert client.remote == server.remote and client.connections_made == 1
+        with pytest.raises(OvsdbConnectionError, match="cannot connect"):
+            await connect(f"unix:{short_dir / 'never.sock'}", retry_for=0.2)
+
+    with_server(short_dir, scenario)

@@ -188,3 +188,17 @@ def test_one_bad_file_refuses_the_whole_directory(tmp_path: Path) -> None:
     write(tmp_path / "b.toml", "[[profile]]\nversion = 3\n")
     with pytest.raises(CatalogError, match=r"b\.toml"):
         load_catalog([tmp_path])
+
+
+def test_ovs_dpdk_catalog_matches_what_ovs_answered() -> None:
+    # GET_FEATURES of an OVS 3.1 dpdkvhostuserclient port, as measured (FIELD-NOTES.md).
+    catalog = load_default_catalog()
+    tso, default, base = (catalog.get(f"debian12.ovs-dpdk.v3.1{suffix}")
+                          for suffix in ("-tso", "", "-base"))
+    assert (tso.virtio_features, default.virtio_features) == (0xD7C669FCB, 0xD7C66A7CA)
+    assert base.virtio_features == tso.virtio_features & default.virtio_features
+    assert {tso.protocol_features, default.protocol_features, base.protocol_features} == {
+        ProtocolFeature(0x10CBF)}
+    assert tso.virtio_features & ~default.virtio_features == (
+        VirtioFeature.VIRTIO_NET_F_CSUM | VirtioFeature.VIRTIO_NET_F_HOST_TSO4
+        | VirtioFeature.VIRTIO_NET_F_HOST_TSO6)

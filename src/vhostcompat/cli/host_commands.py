@@ -16,14 +16,40 @@ from vhostcompat.cli.common import (
     add_host_option,
     catalog_from,
     emit_json,
+    emit_lines,
     emit_report,
     run,
 )
 from vhostcompat.cli.fleet_commands import add_fleet_option
 from vhostcompat.errors import InputError
 from vhostcompat.fleet.registry import ONE_SHOT_OWNER, Registration, publish_once
+from vhostcompat.hoststore import HostRecord
+from vhostcompat.ovsdb import looks_like_remote
+from vhostcompat.ovsprobe import probe_ovs
+from vhostcompat.probe import DEFAULT_TIMEOUT as PROBE_TIMEOUT
+from vhostcompat.probe import ProbeResult, probe
 from vhostcompat.profiles import Catalog
 from vhostcompat.record import record_from_qmp
+from vhostcompat.verify import DPDK_MAX_RING_SIZE, Verification, offered_profile
+
+
+async def _probe(args: argparse.Namespace) -> ProbeResult:
+    if args.probe is not None:
+        return await probe(args.probe, timeout=args.probe_timeout)
+    if not looks_like_remote(args.db):
+        raise InputError(f"--probe-ovs needs an OVSDB remote (unix:PATH, tcp:IP:PORT), "
+                         f"not {args.db!r}")
+    return await probe_ovs(args.db, timeout=args.probe_timeout)
+
+
+async def _publish_verified(args: argparse.Namespace, catalog: Catalog,
+                            ) -> tuple[HostRecord, Verification]:
+    result = await _probe(args)
+    ring = args.max_ring_size
+    if ring is None and args.probe_ovs:
+        ring = DPDK_MAX_RING_SIZE
+    return await manager.publish_verified(args.db, catalog, args.only,
+                                          offered_profile(result, ring))
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -32,11 +58,23 @@ def publish(args: argparse.Namespace) -> int:
         return publish_fleet(args, catalog)
     if args.db is None:
         raise InputError("publish needs --db HOST (or --fleet REMOTES --host NAME)")
-    record = run(manager.publish(args.db, catalog, args.only))
+    if args.max_ring_size is not None and args.max_ring_size < 1:
+        raise InputError(f"--max-ring-size must be positive, not {args.max_ring_size}")
+    verification: Verification | None = None
+    if args.probe is None and not args.probe_ovs:
+        record = run(manager.publish(args.db, catalog, args.only))
+    else:
+        record, verification = run(_publish_verified(args, catalog))
     if args.json:
-        emit_json({"host": record.address, "versions": list(record.versions)})
+        document: dict[str, object] = {"host": record.address,
+                                       "versions": list(record.versions)}
+        if verification is not None:
+            document.update(verification.to_json())
+        emit_json(document)
     else:
         print(f"{record.address}: published {', '.join(record.versions)}")
+        if verification is not None:
+            emit_lines(verification.lines())
     return EXIT_OK
 
 
@@ -93,7 +131,12 @@ def register(subparsers: Subparsers) -> None:
         subparsers, "publish", publish, catalog=True,
         summary="host init: publish a catalog's versions and contents",
         description="Publish the catalog's versions (newest first) and their profiles in "
-                    "a host's store, creating it if needed. Interfaces are kept.")
+                    "a host's store, creating it if needed. Interfaces are kept. With "
+                    "--probe or --probe-ovs only the profiles whose every feature and "
+                    "limit the running backend honours are published; the others are "
+                    "listed with the reasons (exit 1 and nothing written when none is). "
+                    "With --fleet REMOTES --host NAME the versions are registered in the "
+                    "fleet database once (and published in --db first, if given).")
     add_host_option(parser, "--db", required=False,
                     extra="; an embedded store is created if needed")
     add_fleet_option(parser)
@@ -105,6 +148,20 @@ def register(subparsers: Subparsers) -> None:
                              "publish:NAME, which an agent of that host may take over)")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
+    probed = parser.add_mutually_exclusive_group()
+    probed.add_argument("--probe", metavar="SOCKET",
+                        help="publish only what the vhost-user backend listening on SOCKET "
+                             "honours (features, protocol features, queue pairs)")
+    probed.add_argument("--probe-ovs", action="store_true",
+                        help="publish only what the OVS-DPDK instance behind --db honours "
+                             "(a transient dpdkvhostuserclient port is added and removed)")
+    parser.add_argument("--max-ring-size", type=int, metavar="N",
+                        help="the backend's largest ring (vhost-user cannot ask it; default "
+                             f"{DPDK_MAX_RING_SIZE} with --probe-ovs, DPDK's limit; without "
+                             "it profiles that declare max_ring_size are dropped)")
+    parser.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT,
+                        metavar="SECONDS",
+                        help=f"bound on each probe step (default {PROBE_TIMEOUT:g})")
 
     parser = add_command(
         subparsers, "assign", assign,

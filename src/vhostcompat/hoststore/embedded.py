@@ -64,12 +64,13 @@ TEMP_SUFFIX = ".tmp"
 LOCK_TIMEOUT = 10.0
 COLUMNS = ("options", "external_ids", "status")
 
+
 @dataclass
 class Document:
     """The embedded store's file: the Open_vSwitch row's external_ids and Interface rows."""
 
     external_ids: dict[str, str] = field(default_factory=dict)
-    # Interface name -> column ("options", "external_ids") -> key -> value.
+    # Interface name -> column (COLUMNS; "status" is OVS's, only ever read) -> key -> value.
     interfaces: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     def interface_row(self, name: str) -> dict[str, dict[str, str]]:

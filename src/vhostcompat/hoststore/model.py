@@ -33,6 +33,7 @@ builds one :class:`HostRecord`. A value that does not parse is a
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,12 +183,11 @@ class InterfaceRecord:
         if ovs.features is not None:
             features = VirtioFeature((int(features) if features is not None else 0)
                                      | ovs.features)
-        return NegotiatedState(
-            acked_features=features,
-            acked_protocol_features=recorded.acked_protocol_features,
+        # Everything else (protocol features, machine type, status) as recorded.
+        return dataclasses.replace(
+            recorded, acked_features=features,
             queue_pairs=_larger(recorded.queue_pairs, ovs.queue_pairs),
-            ring_size=_larger(recorded.ring_size, ovs.ring_size),
-            status=recorded.status)
+            ring_size=_larger(recorded.ring_size, ovs.ring_size))
 
 
 def _larger(first: int | None, second: int | None) -> int | None:
@@ -439,6 +439,23 @@ def decode_ovs_status(address: str, name: str, status: Mapping[str, str]) -> Ovs
 
 
 def decode_profile(address: str, key: str, text: str) -> CompatProfile:
+    """A published profile; the same text (as most hosts of a fleet publish) is decoded once."""
+    known = _PROFILES.get((key, text))
+    if known is not None:
+        return known
+    profile = _decode_profile(address, key, text)
+    if len(_PROFILES) >= PROFILE_CACHE_ENTRIES:
+        _PROFILES.clear()
+    _PROFILES[(key, text)] = profile
+    return profile
+
+
+# Decoded profiles by (key, text): CompatProfile is frozen, so sharing is safe.
+_PROFILES: dict[tuple[str, str], CompatProfile] = {}
+PROFILE_CACHE_ENTRIES = 1024
+
+
+def _decode_profile(address: str, key: str, text: str) -> CompatProfile:
     data = load_json(address, key, text)
     if not isinstance(data, dict):
         raise HostStoreCorruptError(address, f"{key} is not a JSON object")

@@ -13,6 +13,8 @@ client (:mod:`vhostcompat.ovsdb`), readable and writable with plain
   another writer changed them meanwhile, the server writes nothing and this
   store raises :class:`HostStoreConflictError` (one line, exit 2): two tools
   writing at once never lose an update.
+* ``record_negotiated`` reads nothing: one ``mutate`` replaces the
+  negotiated keys and leaves every other key to its writers.
 * ``assign`` and ``record_negotiated`` never create an Interface row (OVSDB
   garbage-collects Interface rows that no Port links): an interface that
   does not exist is an error naming it.
@@ -33,6 +35,7 @@ from typing import Any
 from vhostcompat.errors import InputError
 from vhostcompat.hoststore.model import (
     INTERFACE_VERSION_KEY,
+    NEGOTIATED_KEYS,
     HostRecord,
     HostStore,
     HostStoreConflictError,
@@ -42,13 +45,14 @@ from vhostcompat.hoststore.model import (
     NotPublishedError,
     apply_mode_write,
     check_interface_name,
-    negotiated_external_ids,
+    encode_negotiated,
     published_external_ids,
     record_from_rows,
     require_published,
 )
 from vhostcompat.ovsdb import (
     Insert,
+    Mutate,
     OvsdbClient,
     OvsdbConflictError,
     Select,
@@ -107,11 +111,16 @@ class OvsdbHostStore(HostStore):
     async def client(self) -> OvsdbClient:
         """The connection, made on first use (no reconnect: one command, one answer)."""
         if self._client is None:
-            client = OvsdbClient(self.remotes, timeout=self.timeout,
-                                 required_columns=REQUIRED_COLUMNS, reconnect=False)
-            await client.connect()
-            self._client = client
+            await self._connect()
+        assert self._client is not None
         return self._client
+
+    async def _connect(self, read: Sequence[Select] = ()) -> list[dict[str, Any]]:
+        client = OvsdbClient(self.remotes, timeout=self.timeout,
+                             required_columns=REQUIRED_COLUMNS, reconnect=False)
+        results = await client.connect(read=read)
+        self._client = client
+        return results
 
     async def close(self) -> None:
         if self._client is not None:
@@ -121,8 +130,11 @@ class OvsdbHostStore(HostStore):
     # -- reads ------------------------------------------------------------------
 
     async def _select(self, *selects: Select) -> list[list[DecodedRow]]:
-        client = await self.client()
-        results = await client.transact(*selects)
+        """One transaction of selects; the first travels with the connection's get_schema."""
+        if self._client is None:
+            results = await self._connect(read=selects)
+        else:
+            results = await self._client.transact(*selects)
         return [result["rows"] for result in results]
 
     def _root(self, rows: list[DecodedRow], required: bool = True) -> DecodedRow | None:
@@ -189,9 +201,7 @@ class OvsdbHostStore(HostStore):
         root = self._root(root_rows)
         assert root is not None
         if not interface_rows:
-            raise NotPublishedError(self.address, f"no interface {interface!r} in the "
-                                    "Interface table (add its port first, e.g. ovs-vsctl "
-                                    "add-port; rows are never created here)")
+            raise _no_interface(self.address, interface)
         return _string_map(root["external_ids"]), interface_rows[0]
 
     async def assign(self, interface: str, version: str) -> None:
@@ -223,14 +233,23 @@ class OvsdbHostStore(HostStore):
                            "versions)", *operations)
 
     async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
-        _, row = await self._interface(interface)
-        current = _string_map(row["external_ids"])
-        where = _by_uuid(row)
-        await self._commit(f"Interface {interface} external_ids",
-                           Wait(INTERFACE_TABLE, where, ["external_ids"],
-                                [{"external_ids": current}]),
-                           Update(INTERFACE_TABLE, where, {
-                               "external_ids": negotiated_external_ids(current, state)}))
+        """Replace the negotiated keys in one mutate: it reads nothing, so it waits on
+        nothing, and never conflicts with other writers of the row's external_ids
+        (libvirt's iface-id, an agent's keys)."""
+        check_interface_name(interface)
+        [result] = await self._commit(
+            f"Interface {interface} external_ids",
+            Mutate(INTERFACE_TABLE, [("name", "==", interface)], [
+                ("external_ids", "delete", frozenset(NEGOTIATED_KEYS)),
+                ("external_ids", "insert", encode_negotiated(state))]))
+        if result["count"] == 0:
+            raise _no_interface(self.address, interface)
+
+
+def _no_interface(address: str, interface: str) -> NotPublishedError:
+    return NotPublishedError(address, f"no interface {interface!r} in the Interface table "
+                             "(add its port first, e.g. ovs-vsctl add-port; rows are never "
+                             "created here)")
 
 
 def _by_uuid(row: DecodedRow) -> list[Condition]:

@@ -8,7 +8,9 @@ of :mod:`~vhostcompat.lab.qemu` and :mod:`~vhostcompat.lab.testpmd`:
   its status file says it waits for the front-end; :class:`RunningProxy`
   reads that status back;
 * :func:`run_reference_backend`: ``vhostcompat backend``, ready once it wrote
-  its ready file.
+  its ready file;
+* :func:`run_agent`: ``vhostcompat agent``, ready once it logged its first
+  resynchronisation with the database.
 
 Every child is stopped by PID and reaped, whatever happens.
 """
@@ -174,3 +176,37 @@ async def run_reference_backend(run_dir: Path, name: str, options: Sequence[str]
         await wait_until(ready_file.exists, start_timeout, f"{name} to listen",
                          watch=[process])
         yield RunningReferenceBackend(socket_path, process)
+
+
+AGENT_START_TIMEOUT = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningAgent:
+    """A ``vhostcompat agent`` process: its database, state directory and process."""
+
+    remote: str
+    state_dir: Path
+    process: ChildProcess
+
+    def events(self, name: str) -> list[str]:
+        """The agent's log lines of event ``name`` so far."""
+        return [line for line in self.process.log_text().splitlines()
+                if f" event={name} " in f"{line} "]
+
+
+def agent_argv(remote: str, state_dir: Path, options: Sequence[str] = ()) -> list[str]:
+    return _cli_argv(0, "agent", "--db", remote, "--state-dir", str(state_dir), *options)
+
+
+@contextlib.asynccontextmanager
+async def run_agent(remote: str, state_dir: Path, run_dir: Path, name: str = "agent", *,
+                    options: Sequence[str] = (),
+                    start_timeout: float = AGENT_START_TIMEOUT) -> AsyncIterator[RunningAgent]:
+    """``vhostcompat agent`` on ``remote``; ready after its first resync. Stopped on exit."""
+    async with managed_process(name, agent_argv(remote, state_dir, options),
+                               run_dir) as process:
+        agent = RunningAgent(remote, state_dir, process)
+        await wait_until(lambda: bool(agent.events("resync")), start_timeout,
+                         f"{name} to read the database", watch=[process])
+        yield agent

@@ -107,6 +107,14 @@ class ChildProcess:
         logger.debug("%s (pid %d) stopped with status %d", self.name, self.pid, returncode)
         return returncode
 
+    async def kill(self) -> int:
+        """SIGKILL (a crash, for the tests that need one) and reap; the status."""
+        if self._process.returncode is None:
+            self._signal(signal.SIGKILL)
+        returncode = await self.wait(KILL_TIMEOUT)
+        self._close_stdin()
+        return returncode
+
     def _signal(self, signum: signal.Signals) -> None:
         try:
             os.kill(self.pid, signum)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vhostcompat.errors import InputError, UnknownVersionError
+from vhostcompat.errors import InputError, UnknownVersionError, VhostCompatError
 from vhostcompat.hoststore import HostRecord, NotPublishedError, open_host
 from vhostcompat.manager.sources import (
     Gathered,
@@ -30,6 +30,7 @@ from vhostcompat.profiles import (
 from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
 from vhostcompat.profiles.catalog import catalog_entry_text
 from vhostcompat.profiles.model import VERSION_PATTERN
+from vhostcompat.verify import Verification, verify
 
 JsonObject = dict[str, object]
 
@@ -57,6 +58,33 @@ async def publish(address: str, catalog: Catalog,
     chosen = catalog.only(only) if only else catalog
     async with open_host(address) as store:
         return await store.publish(chosen.profiles)
+
+
+class NothingHonouredError(VhostCompatError):
+    """Verified publishing found no profile the running backend honours (exit 1)."""
+
+    exit_status = 1
+
+    def __init__(self, address: str, verification: Verification) -> None:
+        self.verification = verification
+        reasons = "; ".join(f"{entry.version}: {', '.join(entry.missing)}"
+                            for entry in verification.dropped)
+        super().__init__(f"host {address}: the running backend honours none of the "
+                         f"profiles, nothing published ({reasons})")
+
+
+async def publish_verified(address: str, catalog: Catalog, only: Sequence[str] | None,
+                           offer: CompatProfile) -> tuple[HostRecord, Verification]:
+    """Publish only the profiles ``offer`` (what the running backend offers) honours.
+
+    Nothing is written when none is honoured (:class:`NothingHonouredError`).
+    """
+    chosen = catalog.only(only) if only else catalog
+    verification = verify(chosen.profiles, offer)
+    if not verification.published:
+        raise NothingHonouredError(address, verification)
+    async with open_host(address) as store:
+        return await store.publish(verification.published), verification
 
 
 async def assign(address: str, interface: str, version: str) -> None:

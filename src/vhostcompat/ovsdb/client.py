@@ -28,7 +28,10 @@ Lifecycle (:class:`Runstate`), after QEMU's QMP library::
   :class:`OvsdbCommitError` (an operation's error, or the commit's, read from
   the extra result element after the last operation's) /
   :class:`OvsdbConflictError` (a ``wait`` that failed).
-* ``echo`` requests from the server (its inactivity probe) are answered.
+* ``echo`` requests from the server (its inactivity probe) are answered;
+  with ``probe_interval`` the client probes a silent server the same way
+  and drops (then, with ``reconnect``, re-establishes) a connection whose
+  server does not answer within the timeout (a hung or vanished peer).
 
 Use ``async with await connect(remotes, ...) as client`` (or ``async with
 OvsdbClient(...) as client``, which connects on entry).
@@ -45,7 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from vhostcompat.ovsdb.connection import Connection, ResultHook
+from vhostcompat.ovsdb.connection import Connection, Request, ResultHook
 from vhostcompat.ovsdb.errors import (
     OvsdbCommitError,
     OvsdbConflictError,
@@ -95,6 +98,7 @@ class OvsdbClient:
                  timeout: float = DEFAULT_TIMEOUT,
                  required_columns: RequiredColumns | None = None,
                  reconnect: bool = True, backoff_max: float = BACKOFF_MAX,
+                 probe_interval: float | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  max_depth: int = MAX_DEPTH) -> None:
         self.remotes = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
@@ -108,6 +112,8 @@ class OvsdbClient:
         self.required_columns: RequiredColumns = dict(required_columns or {})
         self.reconnect = reconnect
         self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
+        self._prober: asyncio.Task[None] | None = None
         self.max_message_bytes = max_message_bytes
         self.max_depth = max_depth
         self.runstate = Runstate.IDLE
@@ -134,6 +140,16 @@ class OvsdbClient:
         return None if self._connection is None else self._connection.remote
 
     @property
+    def pending_calls(self) -> int:
+        """Calls sent on the current connection and not answered yet."""
+        return 0 if self._connection is None else self._connection.pending_calls
+
+    @property
+    def last_error(self) -> OvsdbError | None:
+        """Why the last connection ended, or the last reconnect attempt failed."""
+        return self._last_loss
+
+    @property
     def schema(self) -> DatabaseSchema:
         if self._schema is None:
             raise OvsdbConnectionError(f"{self.address}: not connected yet")
@@ -152,17 +168,41 @@ class OvsdbClient:
 
     # -- connecting -------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Connect to the first member that answers; see the module docstring."""
+    async def connect(self, *, read: Sequence[Select] = (),
+                      retry_for: float = 0.0) -> list[Result]:
+        """Connect to the first member that answers; see the module docstring.
+
+        ``read``: selects sent in the same write as ``get_schema`` (one round
+        trip instead of two, for one-shot readers), their results returned
+        once the schema passed the check. Only selects: nothing is written
+        before the schema is known to fit.
+
+        ``retry_for``: keep trying (the reconnect backoff) for up to that many
+        seconds while no member answers (a daemon starting before its
+        ovsdb-server); a database that does not fit is refused at once.
+        """
         self._require(Runstate.IDLE)
+        if not all(isinstance(operation, Select) for operation in read):
+            raise ValueError("only selects travel with get_schema")
         self.runstate = Runstate.CONNECTING
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for
+        delay = BACKOFF_MIN
         try:
-            await self._establish()
+            while True:
+                try:
+                    return await self._establish(read)
+                except OvsdbConnectionError as error:
+                    self._last_loss = error
+                    if loop.time() + delay > deadline:
+                        raise
+                await asyncio.sleep(delay)  # the backoff itself, not a wait for a condition
+                delay = min(delay * 2, self.backoff_max)
         except BaseException:
             self.runstate = Runstate.IDLE
             raise
 
-    async def _establish(self) -> None:
+    async def _establish(self, read: Sequence[Select] = ()) -> list[Result]:
         """Reach one member, check its schema, resume the monitors; RUNNING on return."""
         causes: list[tuple[str, BaseException]] = []
         count = len(self.remotes)
@@ -172,7 +212,7 @@ class OvsdbClient:
                 index = (self._next_member + offset) % count
                 remote = self.remotes[index]
                 try:
-                    connection = await self._open(remote)
+                    connection, results = await self._open(remote, read)
                     self._next_member = index
                     self._install(connection)
                     # RUNNING before the monitors' initial rows reach their readers.
@@ -185,7 +225,7 @@ class OvsdbClient:
                     continue
                 if self._connection is connection:
                     self._connected.set()
-                    return
+                    return results
                 causes.append((str(remote), connection.lost or OvsdbConnectionError("lost")))
                 self.runstate = Runstate.CONNECTING
         finally:
@@ -198,30 +238,35 @@ class OvsdbClient:
         if connection is not None:
             await connection.close()
 
-    async def _open(self, remote: Remote) -> Connection:
+    async def _open(self, remote: Remote, read: Sequence[Select]
+                    ) -> tuple[Connection, list[Result]]:
         async with asyncio.timeout(self.timeout):
-            reader, writer = await remote.open(self.max_message_bytes)
-        connection = Connection(str(remote), reader, writer, on_notify=self._notify,
-                                on_lost=self._lost, max_message_bytes=self.max_message_bytes,
-                                max_depth=self.max_depth)
+            connection = await Connection.open(
+                remote, on_notify=self._notify, on_lost=self._lost,
+                max_message_bytes=self.max_message_bytes, max_depth=self.max_depth)
         try:
-            self._schema = await self._fetch_schema(connection)
+            requests = [Request("get_schema", [self.database], SCHEMA_REQUEST_ID)]
+            if read:
+                requests.append(Request("transact", self._transact_params(read)))
+            answers = await connection.call_many(requests, self.timeout,
+                                                 return_exceptions=True)
+            self._schema = await self._checked_schema(connection, answers[0])
+            results = self._results(connection.remote, read, answers[1]) if read else []
         except BaseException:
             await connection.close()
             raise
-        return connection
+        return connection, results
 
-    async def _fetch_schema(self, connection: Connection) -> DatabaseSchema:
-        try:
-            answer = await connection.call("get_schema", [self.database], self.timeout,
-                                           request_id=SCHEMA_REQUEST_ID)
-        except OvsdbRequestError:
+    async def _checked_schema(self, connection: Connection, answer: object) -> DatabaseSchema:
+        if isinstance(answer, OvsdbRequestError):
             databases = await connection.call("list_dbs", [], self.timeout)
             # _Server is ovsdb-server's own database, not one a host serves.
             served = ", ".join(str(name)[:60] for name in databases if name != "_Server"
                                ) if isinstance(databases, list) else "?"
             raise OvsdbSchemaError(connection.remote, f"no database {self.database!r} "
-                                   f"(it serves: {served or 'none'})") from None
+                                   f"(it serves: {served or 'none'})")
+        if isinstance(answer, BaseException):
+            raise answer
         try:
             schema = _schema_of(answer)
         except ValueShapeError as error:
@@ -233,12 +278,36 @@ class OvsdbClient:
         self._connection = connection
         self.connections_made += 1
         _log.info("%s: connected to %s", connection.remote, self.database)
+        if self.probe_interval is not None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe(connection))
+
+    async def _probe(self, connection: Connection) -> None:
+        """Our own inactivity probe: a server silent for ``probe_interval`` gets an echo;
+        no reply within the timeout drops the connection (and so reconnects)."""
+        assert self.probe_interval is not None
+        loop = asyncio.get_running_loop()
+        while connection.lost is None:
+            idle = loop.time() - connection.last_received
+            if idle < self.probe_interval:
+                await asyncio.sleep(self.probe_interval - idle)  # a timer, not a poll
+                continue
+            try:
+                await connection.call("echo", [], self.timeout)
+            except OvsdbTimeoutError:
+                await connection.close(OvsdbConnectionError(
+                    f"{connection.remote}: silent for {idle:.1f} s and no reply to an echo "
+                    f"probe within {self.timeout:g} s"))
+            except OvsdbError:
+                return
 
     def _lost(self, connection: Connection, reason: OvsdbError) -> None:
         """The connection ended (called once per connection, from inside it)."""
         self._echo_replies += connection.echo_replies
         if connection is not self._connection:
             return
+        if self._prober is not None and self._prober is not asyncio.current_task():
+            self._prober.cancel()
+        self._prober = None
         self._connection = None
         self._connected.clear()
         self._last_loss = reason
@@ -273,6 +342,9 @@ class OvsdbClient:
             self._end_monitors()
             return
         self.runstate = Runstate.DISCONNECTING
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -334,15 +406,22 @@ class OvsdbClient:
         """Run ``operations`` as one transaction; one result dict per operation."""
         if not operations:
             raise ValueError("a transaction needs at least one operation")
-        params = [self.database, *(operation.to_json() for operation in operations)]
         try:
-            reply = await self._call("transact", params, timeout)
+            reply = await self._call("transact", self._transact_params(operations), timeout)
         except OvsdbConnectionError as error:
             if "lost while waiting" in str(error):
                 raise OvsdbConnectionError(f"{error}; the transaction may or may not have "
                                            "been committed") from None
             raise
-        remote = self.remote or self.address
+        return self._results(self.remote or self.address, operations, reply)
+
+    def _transact_params(self, operations: Sequence[Operation]) -> list[Any]:
+        return [self.database, *(operation.to_json() for operation in operations)]
+
+    def _results(self, remote: str, operations: Sequence[Operation], reply: object
+                 ) -> list[Result]:
+        if isinstance(reply, BaseException):
+            raise reply
         try:
             return transaction_results(remote, operations, reply, self.schema)
         except ValueShapeError as error:
@@ -410,11 +489,12 @@ class OvsdbClient:
 async def connect(remotes: str | Sequence[Remote], database: str = DEFAULT_DATABASE, *,
                   timeout: float = DEFAULT_TIMEOUT,
                   required_columns: RequiredColumns | None = None,
-                  reconnect: bool = True, **options: Any) -> OvsdbClient:
-    """A connected :class:`OvsdbClient` (see its parameters)."""
+                  reconnect: bool = True, retry_for: float = 0.0,
+                  **options: Any) -> OvsdbClient:
+    """A connected :class:`OvsdbClient` (see its parameters and :meth:`OvsdbClient.connect`)."""
     client = OvsdbClient(remotes, database, timeout=timeout, required_columns=required_columns,
                          reconnect=reconnect, **options)
-    await client.connect()
+    await client.connect(retry_for=retry_for)
     return client
 
 

@@ -1,12 +1,15 @@
 """One JSON-RPC connection to one OVSDB remote: calls, echo replies, notifications.
 
-A :class:`Connection` owns one stream and one reader task. Calls are sent
-with an id and wait (bounded) for the response with that id. Requests from
-the server are answered at once: ``echo`` (ovsdb-server's inactivity probe:
-a client that does not answer is disconnected) with its own params, any
-other method with an error. Notifications (``update``) go to the owner's
-callback, which runs inside the reader, before the next message is read, so
-a monitor's initial rows are always delivered before its first change.
+A :class:`Connection` is the asyncio protocol of one stream: bytes go
+through the framer (:mod:`vhostcompat.ovsdb.jsonrpc`) as they arrive and each
+message is handled at once, inside ``data_received`` (no reader task: one
+event-loop step fewer per round trip). Calls are sent with an id and wait,
+bounded by a timer, for the response with that id. Requests from the server
+are answered at once: ``echo`` (ovsdb-server's inactivity probe: a client
+that does not answer is disconnected) with its own params, any other method
+with an error. Notifications (``update``) go to the owner's callback, before
+the next message is handled, so a monitor's initial rows are always
+delivered before its first change.
 
 When the connection ends, for whatever reason (the server closed it, a
 socket error, a message we refuse, :meth:`close`), every pending call fails
@@ -17,9 +20,8 @@ owner's ``on_lost`` callback is told once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +34,26 @@ from vhostcompat.ovsdb.errors import (
     describe,
 )
 from vhostcompat.ovsdb.jsonrpc import FramingError, MessageReader, encode
+from vhostcompat.ovsdb.remotes import Remote
 from vhostcompat.ovsdb.values import ValueShapeError
 
 _log = logging.getLogger("vhostcompat.ovsdb")
 
-READ_CHUNK = 256 * 1024
+CLOSE_TIMEOUT = 5.0
 RequestId = int | str
 ResultHook = Callable[[Any], None]
 Notify = Callable[[str, Any], None]
+LostHook = Callable[["Connection", OvsdbError], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call of :meth:`Connection.call_many` (``request_id`` None: the next number)."""
+
+    method: str
+    params: list[Any]
+    request_id: RequestId | None = None
+    on_result: ResultHook | None = None
 
 
 @dataclass
@@ -54,24 +68,35 @@ class _RemoteLogger(logging.LoggerAdapter[logging.Logger]):
         return f"{self.extra['remote'] if self.extra else '?'}: {msg}", kwargs
 
 
-class Connection:
-    """A live connection; build it with :meth:`open`."""
+class Connection(asyncio.Protocol):
+    """A live connection; make one with :meth:`open`."""
 
-    def __init__(self, remote: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 *, on_notify: Notify, on_lost: Callable[[Connection, OvsdbError], None],
+    def __init__(self, remote: str, *, on_notify: Notify, on_lost: LostHook,
                  max_message_bytes: int, max_depth: int) -> None:
         self.remote = remote
         self.echo_replies = 0
-        self._reader = reader
-        self._writer = writer
         self._framer = MessageReader(max_message_bytes, max_depth)
         self._on_notify = on_notify
         self._on_lost = on_lost
         self._pending: dict[RequestId, _Pending] = {}
         self._next_id = 0
         self._lost: OvsdbError | None = None
+        self._transport: asyncio.Transport | None = None
+        self._closed = asyncio.get_running_loop().create_future()
         self._log = _RemoteLogger(_log, {"remote": remote})
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self._debug = self._log.isEnabledFor(logging.DEBUG)
+        self.last_received = asyncio.get_running_loop().time()
+
+    @classmethod
+    async def open(cls, remote: Remote, *, on_notify: Notify, on_lost: LostHook,
+                   max_message_bytes: int, max_depth: int) -> Connection:
+        return await remote.connect(lambda: cls(
+            str(remote), on_notify=on_notify, on_lost=on_lost,
+            max_message_bytes=max_message_bytes, max_depth=max_depth))
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
 
     @property
     def lost(self) -> OvsdbError | None:
@@ -83,64 +108,114 @@ class Connection:
                    on_result: ResultHook | None = None) -> Any:
         """Send a request and wait at most ``timeout`` seconds for its result.
 
-        ``on_result`` runs in the reader on a successful result, before any
-        later message is handled; if it raises ValueShapeError the result is
+        ``on_result`` runs as the result is received, before any later
+        message is handled; if it raises ValueShapeError the result is
         refused as a protocol error.
+        """
+        [result] = await self.call_many([Request(method, params, request_id, on_result)],
+                                        timeout)
+        return result
+
+    async def call_many(self, requests: Sequence[Request], timeout: float, *,
+                        return_exceptions: bool = False) -> list[Any]:
+        """Send several requests in one write (pipelined); their results, in order.
+
+        The first failure (in request order) is raised, or with
+        ``return_exceptions`` each failure is returned in its request's place;
+        a timeout covers them all.
         """
         if self._lost is not None:
             raise OvsdbConnectionError(f"{self.remote}: not connected ({self._lost})")
-        if request_id is None:
-            self._next_id += 1
-            request_id = self._next_id
-        if request_id in self._pending:
-            raise OvsdbError(f"{self.remote}: request id {request_id!r} is already in use")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(method, future, on_result)
+        loop = asyncio.get_running_loop()
+        ids: list[RequestId] = []
+        futures: list[asyncio.Future[Any]] = []
+        data = bytearray()
+        for request in requests:
+            request_id = request.request_id
+            if request_id is None:
+                self._next_id += 1
+                request_id = self._next_id
+            if request_id in self._pending or request_id in ids:
+                raise OvsdbError(f"{self.remote}: request id {request_id!r} is already in use")
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending[request_id] = _Pending(request.method, future, request.on_result)
+            ids.append(request_id)
+            futures.append(future)
+            data += self._encode({"method": request.method, "params": request.params,
+                                  "id": request_id})
+        timers = [loop.call_later(timeout, self._expire, request_id, timeout)
+                  for request_id in ids]
         try:
-            self._send({"method": method, "params": params, "id": request_id})
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise OvsdbTimeoutError(self.remote, method, timeout) from None
+            self._write(bytes(data))
+            if not return_exceptions:
+                return [await future for future in futures]
+            await asyncio.wait(futures)
+            return [future.exception() or future.result() for future in futures]
         finally:
-            self._pending.pop(request_id, None)
+            for timer in timers:
+                timer.cancel()
+            for request_id, future in zip(ids, futures, strict=True):
+                self._pending.pop(request_id, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a later failure is not "never retrieved"
 
-    async def close(self) -> None:
-        """Close the stream; pending calls fail with "client closed"."""
-        self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the client"))
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+    def _expire(self, request_id: RequestId, timeout: float) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(OvsdbTimeoutError(self.remote, pending.method, timeout))
 
-    # -- the reader ---------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        reason: OvsdbError
+    async def close(self, reason: OvsdbError | None = None) -> None:
+        """Close the stream; pending calls fail with ``reason`` ("closed by the client")."""
+        self._lose(reason or OvsdbConnectionError(f"{self.remote}: connection closed by the "
+                                                  "client"))
+        # connection_lost follows once what we wrote is flushed; a peer that
+        # never reads must not hold us: abort after a bound.
         try:
-            while True:
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    reason = OvsdbConnectionError(f"{self.remote}: connection closed by the "
-                                                  "server")
-                    break
-                for message in self._framer.feed(data):
-                    self._dispatch(message)
+            await asyncio.wait_for(self._closed, CLOSE_TIMEOUT)
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost is not None:
+            return
+        self.last_received = asyncio.get_running_loop().time()
+        try:
+            for message in self._framer.feed(data):
+                self._dispatch(message)
+                if self._lost is not None:
+                    return
         except FramingError as error:
-            reason = OvsdbProtocolError(self.remote, str(error))
+            self._refuse(OvsdbProtocolError(self.remote, str(error)))
         except OvsdbProtocolError as error:
-            reason = error
-        except OSError as error:
-            reason = OvsdbConnectionError(f"{self.remote}: connection lost ({describe(error)})")
+            self._refuse(error)
         except Exception as error:  # pending calls must never hang on a bug
             self._log.exception("unexpected error handling a message")
-            reason = OvsdbProtocolError(self.remote, f"unexpected error: {error!r}")
-        if not isinstance(reason, OvsdbConnectionError):
-            self._log.error("closing the connection: %s", reason)
-        self._lose(reason)
+            self._refuse(OvsdbProtocolError(self.remote, f"unexpected error: {error!r}"))
+
+    def eof_received(self) -> bool:
+        self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the server"))
+        return False
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if error is None:
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection closed"))
+        else:
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
+                                            f"({describe(error)})"))
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- messages ---------------------------------------------------------------
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if self._log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             self._log.debug("<-- %.500s", message)
         method = message.get("method")
         if method is not None:
@@ -151,10 +226,8 @@ class Connection:
             raise OvsdbProtocolError(self.remote, "a message that is neither a request nor "
                                      "a response")
         pending = self._pending.get(request_id)
-        if pending is None:
+        if pending is None or pending.future.done():
             self._log.debug("late or unknown reply to id %r ignored", request_id)
-            return
-        if pending.future.done():
             return
         error = message.get("error")
         if error is not None:
@@ -191,14 +264,21 @@ class Connection:
                                      _text(error.get("details")))
         return OvsdbRequestError(self.remote, method, str(error)[:200])
 
-    def _send(self, message: dict[str, Any]) -> None:
-        if self._log.isEnabledFor(logging.DEBUG):
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        if self._debug:
             self._log.debug("--> %.500s", message)
-        try:
-            self._writer.write(encode(message))
-        except (OSError, RuntimeError) as error:
-            # A transport closing under us; the reader reports the loss.
-            self._log.debug("write failed: %s", error)
+        return encode(message)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._write(self._encode(message))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _refuse(self, reason: OvsdbError) -> None:
+        self._log.error("closing the connection: %s", reason)
+        self._lose(reason)
 
     def _lose(self, reason: OvsdbError) -> None:
         if self._lost is not None:
@@ -209,7 +289,10 @@ class Connection:
                 pending.future.set_exception(OvsdbConnectionError(
                     f"{self.remote}: connection lost while waiting for the reply to "
                     f"{pending.method} ({_cause(reason)})"))
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
+        elif not self._closed.done():
+            self._closed.set_result(None)
         self._on_lost(self, reason)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 CACHE_FROM_BYTES = 4096
+CACHE_UP_TO_BYTES = 256 * 1024  # a schema is 17 KB: bound what the cache may hold
 CACHE_ENTRIES = 4
 
 # One token per match: a whole (complete) string, a lone quote (a string
@@ -48,8 +49,17 @@ def _refuse_constant(name: str) -> Any:
     raise FramingError(f"JSON constant {name} is not allowed")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(message).encode()
+
+
+def _loads(raw: bytes | bytearray) -> Any:
+    """JSON of UTF-8 bytes (one decoder for every message: json.loads builds one per call)."""
+    return _DECODER.decode(raw.decode("utf-8"))
 
 
 # Parsed large messages by content, oldest first (see the module docstring).
@@ -78,9 +88,11 @@ class MessageReader:
         self._buffer += data
         messages: list[dict[str, Any]] = []
         while True:
-            cached = self._cached() if self._depth == 0 else None
-            if cached is not None:
-                messages.append(cached)
+            known = self._cached() or self._whole_small_message() if self._depth == 0 else None
+            if known is not None:
+                messages.append(known)
+                if not self._buffer:
+                    return messages
                 continue
             end = self._scan()
             if end is None:
@@ -91,11 +103,32 @@ class MessageReader:
                 raise FramingError(f"message larger than {self.max_bytes} bytes")
             raw = bytes(self._buffer[:end])
             message = self._parse(raw)
-            if end >= CACHE_FROM_BYTES:
+            if CACHE_FROM_BYTES <= end <= CACHE_UP_TO_BYTES:
                 _remember(raw, message)
             messages.append(message)
             del self._buffer[:end]
             self._scanned = 0
+
+    def _whole_small_message(self) -> dict[str, Any] | None:
+        """The usual case: the buffer is exactly one small object, shallow by count.
+
+        Fewer opening brackets than ``max_depth`` (counted over the raw bytes,
+        strings included) bound the depth without a scan; anything else, or
+        anything that does not parse in one piece, goes through the scanner.
+        """
+        buffer = self._buffer
+        if (self._depth or len(buffer) >= min(CACHE_FROM_BYTES, self.max_bytes + 1)
+                or not buffer.rstrip().endswith(b"}")
+                or buffer.count(b"{") + buffer.count(b"[") > self.max_depth):
+            return None
+        try:
+            message = _loads(buffer)
+        except (ValueError, FramingError):
+            return None  # two messages, an incomplete one, or a bad one: let the scanner say
+        if not isinstance(message, dict):
+            return None
+        buffer.clear()
+        return message
 
     def _cached(self) -> dict[str, Any] | None:
         """A large message seen before, byte for byte, at the start of the buffer."""
@@ -154,7 +187,7 @@ class MessageReader:
     @staticmethod
     def _parse(raw: bytes) -> dict[str, Any]:
         try:
-            message = json.loads(raw, parse_constant=_refuse_constant)
+            message = _loads(raw)
         except UnicodeDecodeError:
             raise FramingError("a message is not UTF-8") from None
         except json.JSONDecodeError as error:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vhostcompat.ovsdb.errors import OvsdbRemoteError
 
 ACTIVE_SCHEMES = ("unix:", "tcp:")
 OTHER_SCHEMES = ("ssl:", "punix:", "ptcp:", "pssl:")
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,14 @@ class Remote:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp:{host}:{self.port}"
 
-    async def open(self, limit: int) -> StreamPair:
-        """Open a stream to this remote (``limit``: the reader's buffer bound)."""
+    async def connect(self, factory: Callable[[], P]) -> P:
+        """Connect to this remote with an asyncio protocol from ``factory``."""
+        loop = asyncio.get_running_loop()
         if self.scheme == "unix":
-            return await asyncio.open_unix_connection(self.path, limit=limit)
-        return await asyncio.open_connection(self.host, self.port, limit=limit)
+            _, protocol = await loop.create_unix_connection(factory, self.path)
+        else:
+            _, protocol = await loop.create_connection(factory, self.host, self.port)
+        return protocol
 
 
 def looks_like_remote(address: str) -> bool:
