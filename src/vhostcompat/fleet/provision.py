@@ -68,6 +68,8 @@ class _Read:
 async def write_modes(session: FleetSession, changes: Mapping[str, ModeWrite],
                       before_write: BeforeWrite | None = None) -> Outcomes:
     """Write every host's change in one transaction: host -> None (written) or its error."""
+    if not changes:
+        return {}
     for change in changes.values():
         check_interface_name(change.interface)
 

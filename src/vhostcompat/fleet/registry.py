@@ -69,6 +69,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def check_host_name(name: str) -> str:
+    if not HOST_NAME_PATTERN.fullmatch(name):
+        raise FleetInputError(f"host {name!r:.80}: invalid fleet host name (letters, digits, "
+                              ". _ -, at most 253 characters)")
+    return name
+
+
 def profile_digest(profile: CompatProfile) -> str:
     """The content address of a profile: SHA-256 of its canonical (sorted, compact) JSON."""
     return hashlib.sha256(encode_profile(profile).encode()).hexdigest()
@@ -93,9 +100,7 @@ class Registration:
     def check(self) -> None:
         """Refuse a malformed registration, naming what is wrong (nothing is written)."""
         where = f"host {self.name!r:.80}"
-        if not HOST_NAME_PATTERN.fullmatch(self.name):
-            raise FleetInputError(f"{where}: invalid fleet host name (letters, digits, . _ -,"
-                                  " at most 253 characters)")
+        check_host_name(self.name)
         if self.remote:
             parse_remotes(self.remote)
         if not self.owner or not self.owner.isprintable() or len(self.owner) > 200:

@@ -20,7 +20,7 @@ from vhostcompat.errors import InputError, VhostCompatError
 from vhostcompat.fleet.errors import FleetUnknownHostError
 from vhostcompat.fleet.provision import BeforeWrite, write_modes
 from vhostcompat.fleet.records import read_fleet
-from vhostcompat.fleet.registry import DEFAULT_STALE_AFTER, HOST_NAME_PATTERN
+from vhostcompat.fleet.registry import DEFAULT_STALE_AFTER, check_host_name
 from vhostcompat.fleet.session import DEFAULT_FAILOVER, FleetSession
 from vhostcompat.hoststore import ModeWrite
 from vhostcompat.manager.sources import (
@@ -59,8 +59,7 @@ class FleetRecords:
                      progress: ProgressCallback | None = None) -> Gathered:
         names = check_addresses(addresses)
         for name in names:
-            if not HOST_NAME_PATTERN.fullmatch(name):
-                raise InputError(f"{name!r:.80} is not a fleet host name")
+            check_host_name(name)
         async with self.session() as session:
             view = await read_fleet(session, names, interfaces=self.interfaces,
                                     stale_after=self.stale_after)
