@@ -31,7 +31,6 @@ from vhostcompat.ovsdb import OvsdbClient, Update
 
 pytestmark = pytest.mark.e2e
 BATCH = 100
-V26 = "upstream.ovs-dpdk.v2.6"
 
 
 def with_cluster(short_dir: Path, scenario: Callable[[FleetCluster], Awaitable[None]],
@@ -84,8 +83,27 @@ def test_a_thousand_hosts_register_and_are_read_in_one_go(short_dir: Path) -> No
         leader = await cluster.wait_leader()
         assert await count_rows(cluster.member(leader).remote, "Profile") == len(digests) == 3
         assert await count_rows(cluster.member(leader).remote, "Host") == 1000
+        await verbs_over_the_fleet(cluster, hosts)
 
     with_cluster(short_dir, scenario)
+
+
+async def verbs_over_the_fleet(cluster: FleetCluster, hosts: list[Registration]) -> None:
+    """select, provision, targets and matrix over the 1,000 hosts, from the fleet database."""
+    names = [host.name for host in hosts]
+    shared = hosts[0].versions[1]  # both version lists hold it (profiles[1])
+    assert shared == hosts[1].versions[0]
+    selection = await manager.select(names, records=FleetRecords(cluster.address))
+    assert selection.selection.version == shared
+    source = FleetRecords(cluster.address, ("vhu0",))
+    provisioned = await manager.provision(names, "vhu0", records=source)
+    assert provisioned.version == shared and len(provisioned.written) == 1000
+    found = await manager.targets("vhu0", names[0], names[1:], records=source)
+    assert found.compatible_hosts == tuple(names[1:])
+    grid = await manager.matrix(names, shared, records=FleetRecords(cluster.address))
+    assert grid.all_compatible and len(grid.cells) == 1000 * 999
+    assert [len(domain.hosts) for domain in grid.domains] == [1000]
+
 
 
 def test_a_stale_host_is_reported_by_name_with_its_age(short_dir: Path) -> None:
