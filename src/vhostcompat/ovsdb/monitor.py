@@ -173,7 +173,11 @@ class Monitor:
                 [(kind, data)] = row_update.items()
                 old = known.get(uuid)
                 if kind in ("initial", "insert"):
-                    new: DecodedRow | None = definition.decode_row(data)
+                    # update2 leaves out the columns that hold their default.
+                    new: DecodedRow | None = {
+                        **{column: definition.column(column).default()
+                           for column in self.tables[table]},
+                        **definition.decode_row(data)}
                 elif kind == "modify" and old is not None:
                     new = _apply_diff(definition, old, definition.decode_row(data))
                 elif kind == "delete":
@@ -202,8 +206,9 @@ class Monitor:
 
 
 def _apply_diff(definition: TableSchema, old: DecodedRow, diff: DecodedRow) -> DecodedRow:
-    """A row after an ``update2`` ``modify``: scalars replaced, sets by symmetric
-    difference, maps key by key (a pair equal to the old one removes it)."""
+    """A row after an ``update2`` ``modify``: maps key by key (a pair equal to the old one
+    removes it), sets of more than one element by symmetric difference, the others
+    (scalars, optional values) replaced."""
     new = dict(old)
     for column, change in diff.items():
         kind = definition.column(column)
@@ -217,7 +222,7 @@ def _apply_diff(definition: TableSchema, old: DecodedRow, diff: DecodedRow) -> D
                 else:
                     merged[key] = item
             value = merged
-        elif not kind.is_scalar and isinstance(change, frozenset) and isinstance(
+        elif kind.max != 1 and isinstance(change, frozenset) and isinstance(
                 before, frozenset):
             value = before ^ change
         else:
