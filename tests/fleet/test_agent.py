@@ -26,6 +26,7 @@ from vhostcompat.fleet.presence import FleetOptions, owner_of
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.source import FleetRecords
 from vhostcompat.hoststore import encode_profile
+from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.fleet import FleetCluster, run_fleet_cluster
 from vhostcompat.lab.ovsdb import OvsdbServer, run_ovsdb_server
 from vhostcompat.lab.process import wait_until
@@ -152,7 +153,10 @@ async def _registered(cluster: FleetCluster) -> bool:
 
 
 async def _local_mode(server: OvsdbServer, version: str) -> bool:
-    found = await server.vsctl("get", "Interface", "vhu0", "options")
+    try:
+        found = await server.vsctl("get", "Interface", "vhu0", "options")
+    except LabError:
+        return False  # the agent re-creates the port to point it at its proxy
     return f'vhost-compat-version="{version}"' in found or \
         f"vhost-compat-version={version}" in found
 

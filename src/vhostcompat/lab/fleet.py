@@ -154,7 +154,12 @@ async def _listens(port: int) -> bool:
 @contextlib.asynccontextmanager
 async def run_fleet_cluster(run_dir: Path, members: int = 3) -> AsyncIterator[FleetCluster]:
     """A fresh cluster of ``members`` in ``run_dir``, a leader elected; stopped on exit."""
-    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(members)]
+    chosen: list[int] = []
+    while len(chosen) < 2 * members:  # the kernel may hand out a port it just freed again
+        port = free_tcp_port()
+        if port not in chosen:
+            chosen.append(port)
+    ports = list(zip(chosen[::2], chosen[1::2], strict=True))
     cluster = FleetCluster(plan_cluster(run_dir, ports))
     await cluster.create()
     try:
