@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.agent.test_daemon import QEMU, V1, V2, prepared
 from tests.fleet.helpers import require_ovsdb
 from tests.helpers import require_tool, run_bounded
 from vhostcompat import manager
@@ -25,30 +25,20 @@ from vhostcompat.fleet import FleetOwnerError, FleetSession
 from vhostcompat.fleet.presence import FleetOptions, owner_of
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.source import FleetRecords
-from vhostcompat.hoststore import encode_profile
 from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.fleet import FleetCluster, run_fleet_cluster
 from vhostcompat.lab.ovsdb import OvsdbServer, run_ovsdb_server
 from vhostcompat.lab.process import wait_until
 from vhostcompat.ovsdb import Select
 from vhostcompat.ovsdb.operations import DecodedRow
-from vhostcompat.profiles import load_default_catalog
 
 pytestmark = pytest.mark.e2e
-V1, V2 = "debian12.ovs-dpdk.v3.1-base", "debian12.ovs-dpdk.v3.1"
-QEMU = "/run/qemu-not-started/vhu0.sock"
 TIMEOUT = 30.0
 
 
 async def host_database(server: OvsdbServer) -> None:
-    """Versions V2, V1 published; a vhost-user port vhu0 without a mode."""
-    catalog = load_default_catalog()
-    await server.vsctl("add-br", "br0", "--", "set", "Bridge", "br0", "datapath_type=netdev")
-    await server.vsctl("set", "Open_vSwitch", ".",
-                       "external_ids:vhost-compat-versions=" + json.dumps(f"{V2},{V1}"),
-                       *[f"external_ids:vhost-compat-profile-{version}="
-                         + json.dumps(encode_profile(catalog.get(version)))
-                         for version in (V1, V2)])
+    """Versions V2, V1 published (as the agent's own tests do); a port vhu0 without a mode."""
+    await prepared(server)
     await server.vsctl("add-port", "br0", "vhu0", "--", "set", "Interface", "vhu0",
                        "type=dpdkvhostuserclient",
                        f"external_ids:vhost-compat-frontend-path={QEMU}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from pathlib import Path
 from vhostcompat.fleet.cluster import ClusterPlan, MemberPlan, plan_cluster
 from vhostcompat.fleet.schema import schema_path
 from vhostcompat.fleet.session import MemberState, member_state
-from vhostcompat.lab.ovsdb import OvsdbLabError, free_tcp_port, run_command
+from vhostcompat.lab.ovsdb import OvsdbLabError, connects, free_tcp_port, run_command
 from vhostcompat.lab.process import ChildProcess, start_process, wait_until
 from vhostcompat.ovsdb import OvsdbClient, OvsdbError
 
@@ -67,7 +68,7 @@ class FleetCluster:
                                       member.directory)
         self.processes[index] = process
         for port in (member.client_port, member.raft_port):
-            await wait_until(lambda port=port: _listens(port), START_TIMEOUT,  # type: ignore[misc]
+            await wait_until(functools.partial(_listens, port), START_TIMEOUT,
                              f"fleet member {member.name} to listen on {port}",
                              watch=[process])
 
@@ -141,14 +142,7 @@ class FleetCluster:
 
 
 async def _listens(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    return await connects(lambda: asyncio.open_connection("127.0.0.1", port))
 
 
 @contextlib.asynccontextmanager

@@ -124,32 +124,21 @@ class Monitor:
         self._queue.put_nowait(MonitorUpdate(self._changes(schema, table_updates),
                                              initial=False))
 
-    def _changes(self, schema: DatabaseSchema, table_updates: object) -> dict[str, dict[
-            Uuid, RowChange]]:
-        if self.where is None:
-            return self._apply(schema, table_updates)
-        return self._apply2(schema, table_updates)
-
     def end(self, error: BaseException | None = None) -> None:
         if not self._closed:
             self._closed = True
             self._queue.put_nowait(_END if error is None else error)
 
-    def _apply(self, schema: DatabaseSchema, table_updates: object) -> dict[str, dict[
+    def _changes(self, schema: DatabaseSchema, table_updates: object) -> dict[str, dict[
             Uuid, RowChange]]:
+        step = self._row_update if self.where is None else self._row_update2
         changes: dict[str, dict[Uuid, RowChange]] = {}
         for table, rows, definition in self._tables_of(schema, table_updates):
             known = self._rows.setdefault(table, {})
             changed: dict[Uuid, RowChange] = {}
             for uuid_text, row_update in rows.items():
                 uuid = Uuid(uuid_text)
-                if not isinstance(row_update, dict):
-                    raise ValueShapeError("a row update is not an object")
-                new_json, old_json = row_update.get("new"), row_update.get("old")
-                new = None if new_json is None else definition.decode_row(new_json)
-                old = known.get(uuid)
-                if old is None and old_json is not None:
-                    old = definition.decode_row(old_json)
+                old, new = step(table, definition, known.get(uuid), row_update)
                 if new is None:
                     known.pop(uuid, None)
                 else:
@@ -158,40 +147,35 @@ class Monitor:
             changes[table] = changed
         return changes
 
-    def _apply2(self, schema: DatabaseSchema, table_updates: object) -> dict[str, dict[
-            Uuid, RowChange]]:
-        """``update2``: ``{table: {uuid: {"initial"|"insert": row} | {"modify": diff} |
-        {"delete": ...}}}``."""
-        changes: dict[str, dict[Uuid, RowChange]] = {}
-        for table, rows, definition in self._tables_of(schema, table_updates):
-            known = self._rows.setdefault(table, {})
-            changed: dict[Uuid, RowChange] = {}
-            for uuid_text, row_update in rows.items():
-                uuid = Uuid(uuid_text)
-                if not isinstance(row_update, dict) or len(row_update) != 1:
-                    raise ValueShapeError("a row update2 is not an object of one member")
-                [(kind, data)] = row_update.items()
-                old = known.get(uuid)
-                if kind in ("initial", "insert"):
-                    # update2 leaves out the columns that hold their default.
-                    new: DecodedRow | None = {
-                        **{column: definition.column(column).default()
-                           for column in self.tables[table]},
-                        **definition.decode_row(data)}
-                elif kind == "modify" and old is not None:
-                    new = _apply_diff(definition, old, definition.decode_row(data))
-                elif kind == "delete":
-                    new = None
-                else:
-                    raise ValueShapeError(f"a row update2 of kind {kind!r:.20} for "
-                                          f"{'an unknown' if old is None else 'a known'} row")
-                if new is None:
-                    known.pop(uuid, None)
-                else:
-                    known[uuid] = new
-                changed[uuid] = (old, new)
-            changes[table] = changed
-        return changes
+    @staticmethod
+    def _row_update(table: str, definition: TableSchema, old: DecodedRow | None,
+                    row_update: object) -> RowChange:
+        """``update``: ``{"old": row, "new": row}`` (either absent)."""
+        if not isinstance(row_update, dict):
+            raise ValueShapeError("a row update is not an object")
+        new_json, old_json = row_update.get("new"), row_update.get("old")
+        new = None if new_json is None else definition.decode_row(new_json)
+        if old is None and old_json is not None:
+            old = definition.decode_row(old_json)
+        return old, new
+
+    def _row_update2(self, table: str, definition: TableSchema, old: DecodedRow | None,
+                     row_update: object) -> RowChange:
+        """``update2``: ``{"initial"|"insert": row} | {"modify": diff} | {"delete": ...}``."""
+        if not isinstance(row_update, dict) or len(row_update) != 1:
+            raise ValueShapeError("a row update2 is not an object of one member")
+        [(kind, data)] = row_update.items()
+        if kind in ("initial", "insert"):
+            # update2 leaves out the columns that hold their default.
+            return old, {**{column: definition.column(column).default()
+                            for column in self.tables[table]},
+                         **definition.decode_row(data)}
+        if kind == "modify" and old is not None:
+            return old, _apply_diff(definition, old, definition.decode_row(data))
+        if kind == "delete":
+            return old, None
+        raise ValueShapeError(f"a row update2 of kind {kind!r:.20} for "
+                              f"{'an unknown' if old is None else 'a known'} row")
 
     def _tables_of(self, schema: DatabaseSchema, table_updates: object
                    ) -> list[tuple[str, dict[str, Any], TableSchema]]:
