@@ -16,6 +16,7 @@ T = TypeVar("T")
 F = VirtioFeature
 
 BIG, BIG_RENAMED, SMALL, TSO = "test.big", "test.big-renamed", "test.small", "test.tso"
+NO_INDIRECT = "test.no-indirect"
 IFACE = "vhu0"
 COMMON_FEATURES = ["VIRTIO_NET_F_CSUM", "VIRTIO_NET_F_MRG_RXBUF", "VIRTIO_NET_F_MQ",
                    "VHOST_F_LOG_ALL", "VHOST_USER_F_PROTOCOL_FEATURES", "VIRTIO_F_VERSION_1"]
@@ -31,10 +32,12 @@ def _entry(version: str, extra: list[str], pairs: int, ring: int) -> str:
 
 
 # Newest first: big (indirect descriptors, 2 queue pairs, rings of 1024), the same
-# under another name, small (no indirect descriptors, 1 queue pair, rings of 256),
-# and tso (small plus HOST_TSO4: neither it nor small satisfies the other).
+# under another name, no-indirect (big without indirect descriptors and rings of
+# 256), small (no indirect descriptors, 1 queue pair, rings of 256), and tso (small
+# plus HOST_TSO4: neither it nor small satisfies the other).
 CATALOG_TEXT = (_entry(BIG, ["VIRTIO_RING_F_INDIRECT_DESC"], 2, 1024)
                 + _entry(BIG_RENAMED, ["VIRTIO_RING_F_INDIRECT_DESC"], 2, 1024)
+                + _entry(NO_INDIRECT, [], 2, 256)
                 + _entry(SMALL, [], 1, 256)
                 + _entry(TSO, ["VIRTIO_NET_F_HOST_TSO4"], 1, 128))
 

@@ -25,6 +25,7 @@ from tests.manager.helpers import (
     BIG,
     BIG_RENAMED,
     IFACE,
+    NO_INDIRECT,
     SMALL,
     SMALL_ACKED,
     F,
@@ -45,9 +46,9 @@ FLEET = 20
 
 
 def mixed(index: int) -> list[str]:
-    """Every third host publishes big and small, small only, or big renamed (which
-    satisfies small by content)."""
-    return [[BIG, SMALL], [SMALL], [BIG_RENAMED]][index % 3]
+    """Host i publishes (i mod 4) big and small; small; big renamed (which satisfies
+    small by content); no-indirect and small."""
+    return [[BIG, SMALL], [SMALL], [BIG_RENAMED], [NO_INDIRECT, SMALL]][index % 4]
 
 
 @contextlib.asynccontextmanager
@@ -212,27 +213,32 @@ def test_targets_matrix_and_verdicts_over_a_fleet_with_a_stopped_server(
 
             static = await manager.targets(IFACE, source, candidates)
             verdicts = {target.host: target.verdict for target in static.targets}
-            assert verdicts[remotes[3]] == "compatible"          # publishes big
+            assert verdicts[remotes[4]] == "compatible"          # publishes big
             assert verdicts[remotes[2]] == "compatible-by-content"  # big renamed
             assert verdicts[remotes[1]] == "incompatible"        # small only
             assert verdicts[remotes[19]] == "unreachable"
             assert remotes[19] not in static.compatible_hosts
 
-            cases = {"running guest": (guest(), "compatible-for-running-guest"),
-                     "acked feature": (guest(SMALL_ACKED | F.VIRTIO_RING_F_INDIRECT_DESC),
+            # (what the guest negotiated, the candidate, the verdict expected there)
+            cases = {"running guest": (guest(), 3, "compatible-for-running-guest"),
+                     "acked feature": (guest(SMALL_ACKED | F.VIRTIO_RING_F_INDIRECT_DESC), 3,
                                        "incompatible"),
-                     "ring size": (guest(ring_size=1024), "incompatible"),
-                     "queue pairs": (guest(queue_pairs=2), "incompatible")}
-            for label, (state, expected) in cases.items():
+                     "ring size": (guest(ring_size=1024), 3, "incompatible"),
+                     "queue pairs": (guest(queue_pairs=2), 1, "incompatible")}
+            for label, (state, index, expected) in cases.items():
                 await record(source, state)
                 live = await manager.targets(IFACE, source, candidates)
-                small = next(target for target in live.targets if target.host == remotes[1])
-                assert small.verdict == expected, (label, small.reasons)
-                assert small.static is not None and not small.static.compatible
+                found = next(target for target in live.targets if target.host == remotes[index])
+                assert found.verdict == expected, (label, found.reasons)
+                assert found.static is not None and not found.static.compatible
+                if expected != "incompatible":
+                    assert found.check is not None
+                    assert found.check.destination_version == NO_INDIRECT
+                # Candidates holding the whole mode stay yes whatever the guest did.
                 assert {target.verdict for target in live.targets
-                        if target.host in (remotes[3], remotes[2])} <= {
-                    "compatible", "compatible-by-content"} or expected == "incompatible"
-                report = await manager.check_migration(IFACE, source, remotes[1])
+                        if target.host in (remotes[4], remotes[2])} == {
+                    "compatible", "compatible-by-content"}
+                report = await manager.check_migration(IFACE, source, remotes[index])
                 assert report.check.verdict.value == expected, label
 
             matrix = await manager.matrix(remotes, SMALL)
@@ -248,6 +254,6 @@ def test_targets_matrix_and_verdicts_over_a_fleet_with_a_stopped_server(
             assert anything.cell(remotes[0], remotes[2]).version == BIG
             big = await manager.matrix(remotes[:6], BIG)
             assert [domain.hosts for domain in big.domains] == [
-                tuple(remotes[index] for index in (0, 2, 3, 5))]
+                tuple(remotes[index] for index in (0, 2, 4))]
 
     scenario(short_dir, body)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tests.manager.helpers import BIG, IFACE, SMALL, publish_modes, run, write_c
 from vhostcompat import manager
 from vhostcompat.cli import fanout
 from vhostcompat.errors import InputError
+from vhostcompat.hoststore import LOCK_FILE
 
 
 @contextlib.asynccontextmanager
@@ -128,3 +131,24 @@ def test_the_progress_bar_only_on_a_terminal_and_never_with_json(
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
     with fanout.progress_bar(argparse.Namespace(json=False), "select") as advance:
         assert advance is None
+
+
+def test_a_host_that_times_out_while_written_leaves_nothing_half_written(
+        cli: Cli, tmp_path: Path) -> None:
+    """Host b's store is locked by another writer: its write times out (exit 2, one line);
+    the hosts written before it are restored, so every store is as it was."""
+    catalog = write_catalog(tmp_path)
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    run(publish_modes(catalog, {a: [BIG, SMALL], b: [SMALL], c: [SMALL]}))
+    run(manager.assign(c, IFACE, SMALL))
+    before = snapshot(tmp_path)
+    lock = os.open(Path(b) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = cli("provision", a, b, c, "--iface", IFACE, "--timeout", "1")
+    finally:
+        os.close(lock)
+    assert result.status == 2 and result.stdout == ""
+    assert_one_line_error(result.stderr, f"provision {IFACE}: host {b}: no answer within 1 s",
+                          "restored 2 host(s) written before")
+    assert snapshot(tmp_path) == before

@@ -1,7 +1,8 @@
 """check-migration verdicts from everything known: version, contents, what the guest uses.
 
 Embedded hosts: the source runs vhu0 in test.big; destinations publish the
-same version, the same contents under another name, or the smaller mode.
+same version, the same contents under another name, big without indirect
+descriptors (and shorter rings), or the smaller mode (one queue pair too).
 Each verdict through the library and through the CLI (exit status and JSON).
 """
 
@@ -17,6 +18,7 @@ from tests.manager.helpers import (
     BIG,
     BIG_RENAMED,
     IFACE,
+    NO_INDIRECT,
     SMALL,
     SMALL_ACKED,
     F,
@@ -34,9 +36,11 @@ from vhostcompat.profiles import Verdict
 @pytest.fixture
 def hosts(tmp_path: Path) -> dict[str, str]:
     catalog = write_catalog(tmp_path)
-    names = {name: str(tmp_path / name) for name in ("source", "same", "renamed", "small")}
+    names = {name: str(tmp_path / name)
+             for name in ("source", "same", "renamed", "no-indirect", "small")}
     run(publish_modes(catalog, {names["source"]: [BIG, SMALL], names["same"]: [BIG],
-                                names["renamed"]: [BIG_RENAMED], names["small"]: [SMALL]}))
+                                names["renamed"]: [BIG_RENAMED],
+                                names["no-indirect"]: [NO_INDIRECT], names["small"]: [SMALL]}))
     run(manager.assign(names["source"], IFACE, BIG))
     return names
 
@@ -66,16 +70,22 @@ def test_before_the_guest_ran_the_smaller_mode_is_refused_naming_every_item(
 
 
 def test_a_guest_that_fits_the_smaller_mode_may_go_there(hosts: dict[str, str]) -> None:
-    """Mode test.big, but the guest never acked INDIRECT_DESC, uses 1 pair, rings of 256."""
+    """Mode test.big, but the guest never acked INDIRECT_DESC and set rings of 256."""
     run(record(hosts["source"], guest()))
-    report = check(hosts, "small")
+    report = check(hosts, "no-indirect")
     assert report.check.verdict is Verdict.COMPATIBLE_FOR_RUNNING_GUEST
-    assert report.check.destination_version == SMALL
+    assert report.check.destination_version == NO_INDIRECT
     assert report.exit_status == 0
     assert report.to_json()["verdict"] == "compatible-for-running-guest"
     assert report.lines()[0].startswith("compatible for the running guest (in the "
-                                        "destination's test.small")
-    strict = check(hosts, "small", strict=True)
+                                        "destination's test.no-indirect")
+    # One queue pair is not enough even for a guest that enabled one: QEMU checks the
+    # VM's configured queue count (up to the mode's 2) at the destination's start.
+    one_pair = check(hosts, "small")
+    assert one_pair.check.verdict is Verdict.INCOMPATIBLE
+    assert any("max_queue_pairs = 1, below the 2 in use" in reason
+               for reason in one_pair.check.reasons)
+    strict = check(hosts, "no-indirect", strict=True)
     assert not strict.compatible and strict.exit_status == 1
     assert strict.lines()[0].startswith("INCOMPATIBLE (strict;")
     # The same guest still gets the stronger answers where they hold.
@@ -122,8 +132,8 @@ def test_the_cli_exit_statuses_and_json(cli: Cli, hosts: dict[str, str]) -> None
     assert verdict("renamed") == (0, "compatible-by-content", BIG_RENAMED)
     assert verdict("small") == (1, "incompatible", None)
     run(record(hosts["source"], guest()))
-    assert verdict("small") == (0, "compatible-for-running-guest", SMALL)
-    assert verdict("small", "--strict")[0] == 1
+    assert verdict("no-indirect") == (0, "compatible-for-running-guest", NO_INDIRECT)
+    assert verdict("no-indirect", "--strict")[0] == 1
 
 
 def test_targets_lists_static_and_live_verdicts(cli: Cli, hosts: dict[str, str],
@@ -131,18 +141,18 @@ def test_targets_lists_static_and_live_verdicts(cli: Cli, hosts: dict[str, str],
     run(record(hosts["source"], guest()))
     gone = str(tmp_path / "gone")
     result = cli("targets", "--iface", IFACE, "--from", hosts["source"], hosts["same"],
-                 hosts["small"], gone, "--json")
+                 hosts["no-indirect"], gone, "--json")
     assert result.status == 0
     document = json.loads(result.stdout)
     by_host = {target["host"]: target for target in document["targets"]}
     assert set(by_host[hosts["same"]]) >= {"host", "compatible", "verdict", "reasons"}
     assert by_host[hosts["same"]]["verdict"] == "compatible"
-    small = by_host[hosts["small"]]
+    small = by_host[hosts["no-indirect"]]
     assert (small["compatible"], small["verdict"]) == (True, "compatible-for-running-guest")
     assert small["static"]["verdict"] == "incompatible"
     assert by_host[gone]["compatible"] is False and by_host[gone]["verdict"] == "unreachable"
     assert "no such host store" in by_host[gone]["reasons"][0]
     # Only unreachable or refusing candidates: never a yes; unsure wins over no.
     assert cli("targets", "--iface", IFACE, "--from", hosts["source"], gone).status == 2
-    assert cli("targets", "--iface", IFACE, "--from", hosts["source"], hosts["small"],
+    assert cli("targets", "--iface", IFACE, "--from", hosts["source"], hosts["no-indirect"],
                "--strict").status == 1

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.demo_command",
     "vhostcompat.cli.backend_commands",
     "vhostcompat.cli.proxy_commands",
+    "vhostcompat.cli.libvirt_commands",
     "vhostcompat.cli.agent_command",
     "vhostcompat.cli.fleet_commands",
 )

@@ -17,6 +17,11 @@ from vhostcompat.cli.common import (
     format_table,
     run,
 )
+from vhostcompat.cli.libvirt_commands import (
+    METADATA_HELP,
+    add_metadata_options,
+    libvirt_metadata,
+)
 from vhostcompat.errors import InputError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names
 from vhostcompat.libvirtxml import libvirt_pinning
@@ -112,6 +117,15 @@ def _pinning(args: argparse.Namespace) -> FrontendPinning:
 
 
 def libvirt_xml(args: argparse.Namespace) -> int:
+    if args.metadata:
+        if args.profile is not None or args.json:
+            raise InputError("--metadata takes --mac/--version pairs, not --profile or --json")
+        return libvirt_metadata(args)
+    if args.profile is None:
+        raise InputError("libvirt-xml needs --profile VERSION (the <driver> pinning) or "
+                         "--metadata (the domain <metadata> element)")
+    if args.mac or args.version or args.iface or args.negotiated_from:
+        raise InputError("--mac, --version, --iface and --negotiated-from go with --metadata")
     result = libvirt_pinning(_pinning(args))
     if args.json:
         emit_json(result.to_json())
@@ -169,9 +183,14 @@ def register(subparsers: Subparsers) -> None:
         description="Print the interface <driver> element (libvirt 9.0's attributes) and, "
                     "for what that schema cannot express (indirect_desc, USO ...), a "
                     "<qemu:override> block, as a partial <domain>; notes go to stderr. Exit "
-                    "1 if QEMU cannot honour the profile.")
-    xml.add_argument("--profile", required=True, metavar="VERSION")
+                    "1 if QEMU cannot honour the profile. " + METADATA_HELP[0].upper()
+                    + METADATA_HELP[1:])
+    xml.add_argument("--profile", metavar="VERSION",
+                     help="the profile to pin the frontend to (the <driver> form)")
     _add_target_options(xml)
+    xml.add_argument("--metadata", action="store_true",
+                     help="print the domain <metadata> element instead (see below)")
+    add_metadata_options(xml)
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:

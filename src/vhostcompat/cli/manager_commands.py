@@ -138,6 +138,13 @@ def _add_strict(parser: argparse.ArgumentParser) -> None:
                              "compatible-for-running-guest")
 
 
+def _add_interface_on_source(parser: argparse.ArgumentParser) -> None:
+    """``--iface NAME --from HOST [--strict]``: the interface a verdict is about."""
+    parser.add_argument("--iface", required=True, metavar="NAME")
+    add_host_option(parser, "--from", dest="source")
+    _add_strict(parser)
+
+
 def _fleet_command(subparsers: Subparsers, name: str, handler: Handler, *,
                    summary: str, description: str, catalog: bool = False,
                    hosts: bool = True) -> argparse.ArgumentParser:
@@ -200,10 +207,8 @@ def register(subparsers: Subparsers) -> None:
                     "compatible-for-running-guest (what the guest negotiated and the limits "
                     "in use fit one of its modes), else incompatible naming every blocking "
                     "item. Exit 0 for a yes, 1 incompatible, 2 unknown or unreachable.")
-    parser.add_argument("--iface", required=True, metavar="NAME")
-    add_host_option(parser, "--from", dest="source")
+    _add_interface_on_source(parser)
     add_host_option(parser, "--to", dest="destination")
-    _add_strict(parser)
 
     parser = _fleet_command(
         subparsers, "targets", targets, catalog=True,
@@ -213,9 +218,7 @@ def register(subparsers: Subparsers) -> None:
                     "Unreachable candidates are listed with their reason. Exit 0 if some "
                     "candidate can take it, 2 if none can but one was unreachable or "
                     "unknown, else 1.")
-    parser.add_argument("--iface", required=True, metavar="NAME")
-    add_host_option(parser, "--from", dest="source")
-    _add_strict(parser)
+    _add_interface_on_source(parser)
 
     parser = _fleet_command(
         subparsers, "matrix", matrix, catalog=True,

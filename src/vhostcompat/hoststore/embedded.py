@@ -163,6 +163,9 @@ class EmbeddedHostStore(HostStore):
                 self.address, change, document.external_ids, row["options"])
             if updated_ids is not None:
                 document.external_ids = updated_ids
+            if not any(row.values()):
+                # Restored to nothing: no row, exactly as before the first write.
+                del document.interfaces[change.interface]
 
         await self._update(update)
 

@@ -27,18 +27,17 @@ without touching the verbs):
 Verbs and their reports (each has ``lines()`` for people and ``to_json()``
 for programs; the CLI prints exactly these):
 
-=============================  ======================  ==============================
-verb                           report                  decides
-=============================  ======================  ==============================
-:func:`versions`               :class:`VersionsReport`  each host's versions (+ failures)
-:func:`select`                 :class:`SelectionReport` the first common version
-:func:`provision`              :class:`ProvisionReport` select, then assign everywhere
-:func:`provision_for_migration` :class:`ProvisionReport` assign each destination its mode
-:func:`check_migration`        :class:`MigrationReport` one destination's verdict
-:func:`targets`                :class:`TargetsReport`   every candidate's verdict
-:func:`matrix`                 :class:`MatrixReport`    pairs and migration domains
-:func:`baseline`               :class:`BaselineReport`  the hosts' common profile
-=============================  ======================  ==============================
+* :func:`versions` -> :class:`VersionsReport`: each host's versions (and failures);
+* :func:`select` -> :class:`SelectionReport`: the first common version;
+* :func:`provision` -> :class:`ProvisionReport`: select, then assign on every
+  host or on none (:mod:`.provision`);
+* :func:`provision_for_migration` -> :class:`ProvisionReport`: assign each
+  destination the mode its migration verdict names;
+* :func:`check_migration` -> :class:`MigrationReport`: one destination's verdict;
+* :func:`targets` -> :class:`TargetsReport`: every candidate's verdict, static and live;
+* :func:`matrix` -> :class:`MatrixReport`: ordered pairs and migration domains
+  (:func:`matrix_svg` draws it);
+* :func:`baseline` -> :class:`BaselineReport`: the hosts' common profile.
 
 Errors (all :class:`~vhostcompat.errors.VhostCompatError`, one line):
 :class:`FleetError` (a host could not be read: exit 2), :class:`ProvisionError`

@@ -244,8 +244,7 @@ def targets_from_records(interface: str, source: HostRecord,
                          ) -> TargetsReport:
     """Where this interface's VM can go: each candidate's static and live verdict.
 
-    Candidates that publish exactly the same data (most of a fleet) share one
-    computation.
+    Candidates that publish equal data (most of a fleet) share one computation.
     """
     at_source = interface_at_source(interface, source, catalog)
     memo: dict[tuple[object, ...], tuple[DestinationCheck, DestinationCheck | None]] = {}
@@ -254,8 +253,9 @@ def targets_from_records(interface: str, source: HostRecord,
         if isinstance(candidate, HostFailure):
             targets.append(Target(candidate.address, None, None, candidate, strict))
             continue
+        # Equal published data, equal verdicts (profiles are frozen and hashable).
         key = (candidate.versions,
-               tuple(id(candidate.profiles.get(version)) for version in candidate.versions))
+               tuple(candidate.profiles.get(version) for version in candidate.versions))
         found = memo.get(key)
         if found is None:
             found = _verdicts(at_source, candidate.versions, candidate.profiles)

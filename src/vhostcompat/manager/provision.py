@@ -141,20 +141,20 @@ async def apply_all_or_nothing(records: RecordSource, interface: str,
         return ()
     first, rest = order[0], order[1:]
     outcome = await records.write({first: plan[first].write}, progress)
-    if outcome[first] is not None:
-        raise ProvisionError(interface, [_failure(first, outcome[first])], (), ())
-    outcome.update(await records.write({address: plan[address].write for address in rest},
-                                       progress))
+    if outcome[first] is None:
+        outcome.update(await records.write(
+            {address: plan[address].write for address in rest}, progress))
     failed = [_failure(address, error) for address in order
-              if (error := outcome[address]) is not None]
+              if address in outcome and (error := outcome[address]) is not None]
     if not failed:
         return tuple(order)
-    # Restore what this run wrote; a host whose write timed out may have been written.
-    undo = [address for address in order if outcome[address] is None
+    # Restore what this run wrote; a host whose write timed out may have been written
+    # (its restore then applies, or conflicts because nothing was written there).
+    undo = [address for address in outcome if outcome[address] is None
             or _may_have_written(outcome[address])]
-    restored = await records.write({address: plan[address].restore for address in undo})
-    done = [address for address in undo if restored[address] is None
-            and outcome[address] is None]
+    restored = await records.write({address: plan[address].restore for address in undo}) \
+        if undo else {}
+    done = [address for address in undo if restored[address] is None]
     not_restored = [_failure(address, error) for address in undo
                     if (error := restored[address]) is not None and outcome[address] is None]
     raise ProvisionError(interface, failed, done, not_restored)

@@ -217,8 +217,8 @@ def check_destination(version: str, required: CompatProfile | None,
     * compatible by content: it does not, but one of its published profiles
       satisfies ``required`` (and what the guest negotiated) under every rule;
     * compatible for the running guest: neither, but one of its profiles
-      covers everything the guest negotiated and every limit in use (a limit
-      never recorded counts at the mode's value);
+      covers everything the guest negotiated and every limit in use (see
+      :func:`in_use`: queue pairs at the mode's limit, rings as recorded);
     * otherwise incompatible, every blocking item named; unknown when the
       version's contents are known nowhere and nothing else decides.
     """
@@ -276,15 +276,19 @@ def _static_check(version: str, required: CompatProfile | None,
 def in_use(negotiated: NegotiatedState, mode: CompatProfile | None) -> NegotiatedState | None:
     """What a running guest holds the destination to; ``None`` when that is not known.
 
-    The acked features must have been recorded; a queue-pair count or ring size
-    that was not counts at the mode's limit (the guest may use all of it).
+    The acked features must have been recorded. Ring sizes count as recorded
+    (the migrated rings keep the sizes the guest set; a size never recorded
+    counts at the mode's limit). Queue pairs count at the mode's limit when it
+    declares one: QEMU compares the VM's configured queue count (which the
+    source's mode allowed) with the destination's GET_QUEUE_NUM at the
+    destination's start, whatever the guest enabled.
     """
     if negotiated.acked_features is None:
         return None
     queue_pairs = negotiated.queue_pairs
+    if mode is not None and mode.max_queue_pairs is not None:
+        queue_pairs = max(queue_pairs or 0, mode.max_queue_pairs)
     ring_size = negotiated.ring_size
-    if queue_pairs is None:
-        queue_pairs = None if mode is None else mode.max_queue_pairs
     if ring_size is None:
         ring_size = None if mode is None else mode.max_ring_size
     if queue_pairs is None or ring_size is None:
