@@ -25,6 +25,7 @@ from vhostcompat.fleet import FleetOwnerError, FleetSession
 from vhostcompat.fleet.presence import FleetOptions, owner_of
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.source import FleetRecords
+from vhostcompat.hoststore import ACKED_FEATURES_KEY, STATUS_KEY
 from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.fleet import FleetCluster, run_fleet_cluster
 from vhostcompat.lab.ovsdb import OvsdbServer, run_ovsdb_server
@@ -98,6 +99,12 @@ def test_the_agent_registers_heartbeats_applies_modes_and_survives_the_leader(
                 await wait_until(lambda: _fleet_status(cluster, "applied " + V2), TIMEOUT,
                                  "the agent to say so in its fleet record")
 
+                # What the interface's proxy negotiated reaches its fleet record.
+                presence.negotiated("vhu0", {ACKED_FEATURES_KEY: "0x130000000",
+                                             STATUS_KEY: "running"})
+                await wait_until(lambda: _fleet_acked(cluster, 0x130000000), TIMEOUT,
+                                 "the negotiated state on the fleet record")
+
                 registrations = presence.registrations
                 await cluster.kill(await cluster.wait_leader())
                 await wait_until(lambda: presence.registrations > registrations, TIMEOUT,
@@ -136,6 +143,13 @@ async def cli_agent_refused(server: OvsdbServer, cluster: FleetCluster,
     assert errors[-1].startswith("vhostcompat: host host-a is already registered by "
                                  "another agent"), stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def _fleet_acked(cluster: FleetCluster, features: int) -> bool:
+    async with FleetSession(cluster.address) as session:
+        view = await read_fleet(session, ["host-a"], interfaces=["vhu0"], stale_after=10.0)
+    acked = view.records()[0].interfaces["vhu0"].negotiated.acked_features
+    return acked is not None and int(acked) == features
 
 
 async def _registered(cluster: FleetCluster) -> bool:

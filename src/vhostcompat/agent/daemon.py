@@ -177,6 +177,8 @@ class RowSink:
             event(_log, "status", iface=self.name, status=entries[STATUS_KEY],
                   acked=entries.get("vhost-compat-acked-features"))
         self.last = entries
+        if self.agent.presence is not None:  # and on the interface's fleet record
+            self.agent.presence.negotiated(self.name, entries)
 
 
 @dataclass

@@ -47,7 +47,12 @@ from vhostcompat.fleet.registry import (
 )
 from vhostcompat.fleet.schema import HOST_TABLE, INTERFACE_TABLE, PROFILE_TABLE
 from vhostcompat.fleet.session import FleetSession
-from vhostcompat.hoststore.model import PROFILE_KEY_PREFIX, NotPublishedError, decode_profile
+from vhostcompat.hoststore.model import (
+    NEGOTIATED_KEYS,
+    PROFILE_KEY_PREFIX,
+    NotPublishedError,
+    decode_profile,
+)
 from vhostcompat.hoststore.ovsdb import OvsdbHostStore
 from vhostcompat.manager import published_profiles
 from vhostcompat.ovsdb import Mutate, OvsdbClient, Select, Uuid
@@ -111,7 +116,10 @@ class FleetPresence:
         self.registrations = 0
         self.heartbeats = 0
         self.applied: dict[str, tuple[str, str | None]] = {}
+        self.recorded: dict[str, dict[str, str]] = {}  # interface -> negotiated, as written
+        self._negotiated: dict[str, dict[str, str]] = {}  # interface -> latest from the agent
         self._profiles: tuple[CompatProfile, ...] | None = None
+        self._registered: tuple[CompatProfile, ...] | None = None
         self._changed = asyncio.Event()
 
     def published(self, profiles: Sequence[CompatProfile]) -> None:
@@ -119,6 +127,13 @@ class FleetPresence:
         profiles = tuple(profiles)
         if profiles and profiles != self._profiles:
             self._profiles = profiles
+            self._changed.set()
+
+    def negotiated(self, interface: str, entries: dict[str, str]) -> None:
+        """What an interface's proxy negotiated (the host row's keys): copied to the
+        interface's fleet record, where ``check-migration --fleet`` reads it."""
+        if self._negotiated.get(interface) != entries:
+            self._negotiated[interface] = dict(entries)
             self._changed.set()
 
     def _registration(self) -> Registration:
@@ -131,6 +146,9 @@ class FleetPresence:
         delay = RECONNECT_MIN
         while True:
             await self._changed.wait()
+            if self._profiles is None:  # nothing published yet: nothing to register
+                self._changed.clear()
+                continue
             session = FleetSession(self.options.address)
             try:
                 await self._serve(session)
@@ -157,8 +175,11 @@ class FleetPresence:
                 if watcher.done():
                     watcher.result()
                     return
-                if self._changed.is_set():
+                if self._profiles != self._registered:
                     await self._register(session)
+                elif self._changed.is_set():
+                    self._changed.clear()
+                    await self._record_negotiated(await session.client())
                 else:
                     await heartbeat(session, self.options.host_name, self.options.owner)
                     self.heartbeats += 1
@@ -171,7 +192,10 @@ class FleetPresence:
         self._changed.clear()
         registration = self._registration()
         await register(session, [registration], stale_after=self.options.stale_after)
+        self._registered = self._profiles
         self.registrations += 1
+        self.recorded.clear()  # after a reconnect: written again
+        await self._record_negotiated(await session.client())
         _log.info("fleet %s: registered %s with %s", self.options.address,
                   registration.name, ", ".join(registration.versions))
 
@@ -197,10 +221,24 @@ class FleetPresence:
             status = f"not applied: {error}"
             _log.error("fleet: interface %s mode %s: %s", name, mode, error)
         self.applied[name] = (mode, provision)
+        await self._write_negotiated(client, name, {FLEET_STATUS_KEY: status[:200]})
+        self.recorded.pop(name, None)  # the record exists now: what was negotiated too
+        await self._record_negotiated(client)
+
+    async def _record_negotiated(self, client: OvsdbClient) -> None:
+        for name, entries in list(self._negotiated.items()):
+            if self.recorded.get(name) != entries:
+                await self._write_negotiated(client, name, entries, NEGOTIATED_KEYS)
+                self.recorded[name] = entries
+
+    async def _write_negotiated(self, client: OvsdbClient, name: str,
+                                entries: dict[str, str], replaced: Sequence[str] = ()) -> None:
+        """Replace keys of the record's ``negotiated`` (a record not provisioned yet is
+        not created: nothing matches)."""
         await client.transact(Mutate(
             INTERFACE_TABLE, [("host", "==", self.options.host_name), ("name", "==", name)],
-            [("negotiated", "delete", frozenset({FLEET_STATUS_KEY})),
-             ("negotiated", "insert", {FLEET_STATUS_KEY: status[:200]})]))
+            [("negotiated", "delete", frozenset({*replaced, *entries})),
+             ("negotiated", "insert", entries)]))
 
     async def _contents(self, client: OvsdbClient, version: str) -> CompatProfile:
         """The contents of ``version`` as this host's row references them (a provisioning
