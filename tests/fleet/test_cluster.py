@@ -19,6 +19,7 @@ import pytest
 from tests.fleet.helpers import require_ovsdb, shipped_profiles
 from tests.helpers import run_bounded
 from vhostcompat import manager
+from vhostcompat.cli import main
 from vhostcompat.fleet import FleetSession, FleetUnavailableError, Registration, register
 from vhostcompat.fleet.provision import read_modes
 from vhostcompat.fleet.records import read_fleet
@@ -213,7 +214,10 @@ async def _host_count(cluster: FleetCluster, index: int, at_least: int) -> bool:
         return False
 
 
-def test_below_quorum_no_member_answers(short_dir: Path) -> None:
+def test_below_quorum_no_member_answers(short_dir: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VHOSTCOMPAT_FLEET_FAILOVER", "1")
+    monkeypatch.setenv("VHOSTCOMPAT_OVSDB_TIMEOUT", "1")
     async def scenario(cluster: FleetCluster) -> None:
         async with FleetSession(cluster.address) as session:
             await register(session, registrations(1))
@@ -237,6 +241,10 @@ def test_below_quorum_no_member_answers(short_dir: Path) -> None:
         message = str(caught.value)
         assert "not the leader" in message or "not connected to the cluster" in message
         assert message.count("Connection refused") == 2
+        # Every command: exit 2 (a read, and a write that no quorum can commit).
+        for argv in (["select", "--fleet", cluster.address, "h0"],
+                     ["publish", "--fleet", cluster.address, "--host", "h0"]):
+            assert await asyncio.to_thread(main, argv) == 2
         assert message.count("tcp:127.0.0.1:") == 6  # the address, then each member's state
         assert "\n" not in message
 

@@ -13,7 +13,8 @@ reads are followed by the same check (:meth:`FleetSession.read`), so an
 answer is never built on rows of a member that stopped leading meanwhile.
 
 While some member answers but none leads (an election: 1.2-1.9 s after the
-leader's SIGKILL, here) the client keeps trying until its deadline; when no
+leader's SIGKILL, here) the client keeps trying until its deadline
+(``VHOSTCOMPAT_FLEET_FAILOVER`` seconds, default 10); when no
 member answers at all, or the deadline passes, :class:`FleetUnavailableError`
 names every member's state (exit 2).
 
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeVar
 
+from vhostcompat.errors import InputError
 from vhostcompat.fleet.errors import FleetOutcomeError, FleetUnavailableError
 from vhostcompat.fleet.schema import FLEET_DATABASE, REQUIRED_COLUMNS, check_version
 from vhostcompat.hoststore.ovsdb import store_timeout
@@ -50,6 +53,7 @@ _log = logging.getLogger("vhostcompat.fleet")
 T = TypeVar("T")
 SERVER_DATABASE = "_Server"
 DEFAULT_FAILOVER = 10.0  # seconds to find a leader again (elections took 1.2-1.9 s here)
+FAILOVER_VARIABLE = "VHOSTCOMPAT_FLEET_FAILOVER"
 RETRY_DELAY = 0.05
 LOST = (OvsdbConnectionError, OvsdbTimeoutError)
 
@@ -149,14 +153,28 @@ async def connect_fleet(address: str, *, timeout: float | None = None,
         await asyncio.sleep(RETRY_DELAY)  # an election is under way: ask again
 
 
+def failover_seconds() -> float:
+    """How long to look for a leader: ``VHOSTCOMPAT_FLEET_FAILOVER`` seconds, default 10."""
+    text = os.environ.get(FAILOVER_VARIABLE)
+    if text is None:
+        return DEFAULT_FAILOVER
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise InputError(f"{FAILOVER_VARIABLE}={text!r} is not a number of seconds [0-3600]")
+    return value
+
+
 class FleetSession:
     """One command's (or one agent's) use of the fleet database; reconnects to the leader."""
 
     def __init__(self, address: str, *, timeout: float | None = None,
-                 failover: float = DEFAULT_FAILOVER) -> None:
+                 failover: float | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.failover = failover
+        self.failover = failover_seconds() if failover is None else failover
         self.reconnects = 0
         self._client: OvsdbClient | None = None
 

@@ -21,7 +21,7 @@ from vhostcompat.fleet.errors import FleetUnknownHostError
 from vhostcompat.fleet.provision import BeforeWrite, write_modes
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.registry import DEFAULT_STALE_AFTER, check_host_name
-from vhostcompat.fleet.session import DEFAULT_FAILOVER, FleetSession
+from vhostcompat.fleet.session import FleetSession
 from vhostcompat.hoststore import ModeWrite
 from vhostcompat.manager.sources import (
     Gathered,
@@ -44,7 +44,7 @@ class FleetRecords:
     interfaces: tuple[str, ...] = ()
     stale_after: float = DEFAULT_STALE_AFTER
     timeout: float | None = None
-    failover: float = DEFAULT_FAILOVER
+    failover: float | None = None  # default: VHOSTCOMPAT_FLEET_FAILOVER, else 10 s
     before_write: BeforeWrite | None = None  # tests: interleave a failure with the commit
 
     def __post_init__(self) -> None:
