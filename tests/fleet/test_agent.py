@@ -9,14 +9,12 @@ A real host ovsdb-server (vswitch schema, no vswitchd: only the rows matter) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.agent.test_daemon import QEMU, V1, V2, prepared
+from tests.agent.test_daemon import QEMU, V1, V2, prepared, running
 from tests.fleet.helpers import require_ovsdb
 from tests.helpers import require_tool, run_bounded
 from vhostcompat import manager
@@ -45,22 +43,10 @@ async def host_database(server: OvsdbServer) -> None:
                        f"external_ids:vhost-compat-frontend-path={QEMU}")
 
 
-@contextlib.asynccontextmanager
-async def running(agent: Agent) -> AsyncIterator[asyncio.Task[None]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-
-
-def fleet_agent(server: OvsdbServer, cluster: FleetCluster, state_dir: Path) -> Agent:
-    return Agent(AgentConfig(server.remote, state_dir, fleet=FleetOptions(
+def fleet_config(server: OvsdbServer, cluster: FleetCluster, state_dir: Path) -> AgentConfig:
+    return AgentConfig(server.remote, state_dir, fleet=FleetOptions(
         cluster.address, "host-a", owner_of(state_dir), heartbeat_interval=0.2,
-        stale_after=10.0)))
+        stale_after=10.0))
 
 
 async def fleet_row(cluster: FleetCluster) -> DecodedRow:
@@ -80,10 +66,9 @@ def test_the_agent_registers_heartbeats_applies_modes_and_survives_the_leader(
         async with run_ovsdb_server(short_dir, "host") as server, \
                 run_fleet_cluster(short_dir / "fleet") as cluster:
             await host_database(server)
-            agent = fleet_agent(server, cluster, short_dir / "agent")
-            presence = agent.presence
-            assert presence is not None
-            async with running(agent):
+            async with running(fleet_config(server, cluster, short_dir / "agent")) as agent:
+                presence = agent.presence
+                assert presence is not None
                 await wait_until(lambda: _registered(cluster), TIMEOUT, "the registration")
                 first = await fleet_row(cluster)
                 assert first["versions"] == {0: V2, 1: V1}
@@ -114,7 +99,7 @@ def test_the_agent_registers_heartbeats_applies_modes_and_survives_the_leader(
                 assert view.stale() == {} and view.records()[0].versions == (V2, V1)
 
                 # A second agent (its own state directory) claiming host-a is refused.
-                second = fleet_agent(server, cluster, short_dir / "agent-2")
+                second = Agent(fleet_config(server, cluster, short_dir / "agent-2"))
                 with pytest.raises(FleetOwnerError) as refused:
                     await asyncio.wait_for(second.run(asyncio.Event()), TIMEOUT)
                 assert "host-a is already registered by another agent" in str(refused.value)

@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeVar
 
-from vhostcompat.errors import InputError
 from vhostcompat.fleet.errors import FleetOutcomeError, FleetUnavailableError
 from vhostcompat.fleet.schema import FLEET_DATABASE, REQUIRED_COLUMNS, check_version
-from vhostcompat.hoststore.ovsdb import store_timeout
+from vhostcompat.hoststore.ovsdb import seconds_from_environment, store_timeout
 from vhostcompat.ovsdb import (
     OvsdbClient,
     OvsdbConnectionError,
@@ -155,16 +153,7 @@ async def connect_fleet(address: str, *, timeout: float | None = None,
 
 def failover_seconds() -> float:
     """How long to look for a leader: ``VHOSTCOMPAT_FLEET_FAILOVER`` seconds, default 10."""
-    text = os.environ.get(FAILOVER_VARIABLE)
-    if text is None:
-        return DEFAULT_FAILOVER
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise InputError(f"{FAILOVER_VARIABLE}={text!r} is not a number of seconds [0-3600]")
-    return value
+    return seconds_from_environment(FAILOVER_VARIABLE, DEFAULT_FAILOVER, zero=True)
 
 
 class FleetSession:
