@@ -152,6 +152,7 @@ def test_targets_lists_static_and_live_verdicts(cli: Cli, hosts: dict[str, str],
     assert small["static"]["verdict"] == "incompatible"
     assert by_host[gone]["compatible"] is False and by_host[gone]["verdict"] == "unreachable"
     assert "no such host store" in by_host[gone]["reasons"][0]
+    assert result.stderr.splitlines() == [f"vhostcompat: {by_host[gone]['reasons'][0]}"]
     # Only unreachable or refusing candidates: never a yes; unsure wins over no.
     assert cli("targets", "--iface", IFACE, "--from", hosts["source"], gone).status == 2
     assert cli("targets", "--iface", IFACE, "--from", hosts["source"], hosts["no-indirect"],

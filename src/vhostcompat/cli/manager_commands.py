@@ -91,6 +91,7 @@ def targets(args: argparse.Namespace) -> int:
                                      strict=args.strict, records=record_source(args),
                                      progress=progress))
     emit_report(args, report)
+    warn_failures([target.failure for target in report.targets if target.failure is not None])
     return report.exit_status
 
 
