@@ -22,6 +22,7 @@ from vhostcompat.agent.daemon import Agent, AgentConfig
 from vhostcompat.fleet import FleetOwnerError, FleetSession
 from vhostcompat.fleet.presence import FleetOptions, owner_of
 from vhostcompat.fleet.records import read_fleet
+from vhostcompat.fleet.registry import ONE_SHOT_OWNER, Registration, publish_once
 from vhostcompat.fleet.source import FleetRecords
 from vhostcompat.hoststore import ACKED_FEATURES_KEY, STATUS_KEY
 from vhostcompat.lab.errors import LabError
@@ -30,6 +31,7 @@ from vhostcompat.lab.ovsdb import OvsdbServer, run_ovsdb_server
 from vhostcompat.lab.process import wait_until
 from vhostcompat.ovsdb import Select
 from vhostcompat.ovsdb.operations import DecodedRow
+from vhostcompat.profiles import load_default_catalog
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 30.0
@@ -66,13 +68,18 @@ def test_the_agent_registers_heartbeats_applies_modes_and_survives_the_leader(
         async with run_ovsdb_server(short_dir, "host") as server, \
                 run_fleet_cluster(short_dir / "fleet") as cluster:
             await host_database(server)
+            # A one-shot `publish --fleet` came first: the agent takes the row over.
+            await publish_once(cluster.address, Registration.of(
+                "host-a", "", [load_default_catalog().get(V1)], ONE_SHOT_OWNER + "host-a"))
             async with running(fleet_config(server, cluster, short_dir / "agent")) as agent:
                 presence = agent.presence
                 assert presence is not None
-                await wait_until(lambda: _registered(cluster), TIMEOUT, "the registration")
+                owner = owner_of(short_dir / "agent")
+                await wait_until(lambda: _registered(cluster, owner), TIMEOUT,
+                                 "the agent's registration")
                 first = await fleet_row(cluster)
                 assert first["versions"] == {0: V2, 1: V1}
-                assert first["owner"] == owner_of(short_dir / "agent")
+                assert first["owner"] == owner
                 await wait_until(lambda: presence.heartbeats >= 2, TIMEOUT, "heartbeats")
                 assert (await fleet_row(cluster))["heartbeat"] != first["heartbeat"]
 
@@ -137,8 +144,8 @@ async def _fleet_acked(cluster: FleetCluster, features: int) -> bool:
     return acked is not None and int(acked) == features
 
 
-async def _registered(cluster: FleetCluster) -> bool:
-    return bool(await fleet_row(cluster))
+async def _registered(cluster: FleetCluster, owner: str) -> bool:
+    return (await fleet_row(cluster)).get("owner") == owner
 
 
 async def _local_mode(server: OvsdbServer, version: str) -> bool:
