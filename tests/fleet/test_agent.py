@@ -105,15 +105,24 @@ def test_the_agent_registers_heartbeats_applies_modes_and_survives_the_leader(
                     view = await read_fleet(session, ["host-a"], stale_after=10.0)
                 assert view.stale() == {} and view.records()[0].versions == (V2, V1)
 
-                # A second agent (its own state directory) claiming host-a is refused.
-                second = Agent(fleet_config(server, cluster, short_dir / "agent-2"))
-                with pytest.raises(FleetOwnerError) as refused:
-                    await asyncio.wait_for(second.run(asyncio.Event()), TIMEOUT)
-                assert "host-a is already registered by another agent" in str(refused.value)
-                assert (await fleet_row(cluster))["owner"] == owner_of(short_dir / "agent")
-                await cli_agent_refused(server, cluster, short_dir / "agent-3")
+                # A second host's agent claiming the name host-a is refused.
+                async with run_ovsdb_server(short_dir, "host-2") as other:
+                    await prepared(other)
+                    await second_agents_refused(other, cluster, short_dir)
 
     run_bounded(play(), 120)
+
+
+async def second_agents_refused(other: OvsdbServer, cluster: FleetCluster,
+                                short_dir: Path) -> None:
+    """In-process and as a process (exit 2, one line); the row stays the first agent's."""
+    second = Agent(fleet_config(other, cluster, short_dir / "agent-2"))
+    with pytest.raises(FleetOwnerError) as refused:
+        await asyncio.wait_for(second.run(asyncio.Event()), TIMEOUT)
+    assert "host-a is already registered by another agent" in str(refused.value)
+    assert (await fleet_row(cluster))["owner"] == owner_of(short_dir / "agent")
+    await cli_agent_refused(other, cluster, short_dir / "agent-3")
+    assert (await fleet_row(cluster))["owner"] == owner_of(short_dir / "agent")
 
 
 async def cli_agent_refused(server: OvsdbServer, cluster: FleetCluster,
