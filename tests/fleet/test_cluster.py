@@ -10,6 +10,7 @@ restarted member rejoins; below quorum nothing answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,13 +21,21 @@ from tests.fleet.helpers import require_ovsdb, shipped_profiles
 from tests.helpers import run_bounded
 from vhostcompat import manager
 from vhostcompat.cli import main
-from vhostcompat.fleet import FleetSession, FleetUnavailableError, Registration, register
+from vhostcompat.fleet import (
+    FleetSchemaError,
+    FleetSession,
+    FleetUnavailableError,
+    Registration,
+    register,
+)
 from vhostcompat.fleet.provision import read_modes
 from vhostcompat.fleet.records import read_fleet
 from vhostcompat.fleet.registry import profile_digest
+from vhostcompat.fleet.schema import FLEET_DATABASE, check_version, schema_text
 from vhostcompat.fleet.session import connect_fleet
 from vhostcompat.fleet.source import FleetRecords
 from vhostcompat.lab.fleet import FleetCluster, run_fleet_cluster
+from vhostcompat.lab.ovsdb import run_command
 from vhostcompat.lab.process import wait_until
 from vhostcompat.ovsdb import OvsdbClient, Update
 
@@ -247,6 +256,40 @@ def test_below_quorum_no_member_answers(short_dir: Path,
             assert await asyncio.to_thread(main, argv) == 2
         assert message.count("tcp:127.0.0.1:") == 6  # the address, then each member's state
         assert "\n" not in message
+
+    with_cluster(short_dir, scenario)
+
+
+def test_a_later_schema_converts_the_live_cluster_and_is_still_spoken(
+        short_dir: Path) -> None:
+    """``ovsdb-client convert`` to 1.1.0 (a column added) on the running cluster: the rows
+    stay, the client still reads them; a major version it does not speak is refused."""
+    async def scenario(cluster: FleetCluster) -> None:
+        async with FleetSession(cluster.address) as session:
+            await register(session, registrations(3))
+        later = json.loads(schema_text())
+        later["version"] = "1.1.0"
+        later["tables"]["Host"]["columns"]["rack"] = {"type": {"key": "string", "min": 0,
+                                                               "max": 1}}
+        path = short_dir / "fleet-1.1.ovsschema"
+        path.write_text(json.dumps(later))
+        leader = await cluster.wait_leader()
+        await run_command(["ovsdb-client", "convert", cluster.member(leader).remote,
+                           str(path)])
+        async with FleetSession(cluster.address) as session:
+            view = await read_fleet(session, ["h0", "h1", "h2"])
+            client = await session.client()
+            assert client.schema.version == "1.1.0"
+        assert [record.versions for record in view.records()] == [
+            host.versions for host in registrations(3)]
+        for version, accepted in (("1.1.0", True), ("1.0.7", True), ("2.0.0", False),
+                                  ("0.9.0", False), ("1.x.0", False)):
+            try:
+                check_version("m1", FLEET_DATABASE, version)
+            except FleetSchemaError:
+                assert not accepted, version
+            else:
+                assert accepted, version
 
     with_cluster(short_dir, scenario)
 

@@ -18,8 +18,8 @@ Tables (``vhostcompat fleet schema`` prints the file):
   own host's rows (``monitor_cond`` with a ``where``).
 
 The schema is versioned (``"version"``); a later one converts a database
-with ``ovsdb-client convert``. The client refuses a fleet database whose
-schema name or major.minor version differs from this file's.
+with ``ovsdb-client convert`` (a live cluster too). The client refuses a
+fleet database of another name or major version, or of an older minor one.
 """
 
 from __future__ import annotations
@@ -60,11 +60,20 @@ SCHEMA_VERSION: str = _schema()["version"]
 
 
 def check_version(remote: str, name: str, version: str) -> None:
-    """Refuse a fleet database of another schema: same name, same major.minor version."""
+    """Refuse a fleet database of another schema: the name, and the major version, must
+    match, and the minor be at least ours (OVSDB's convention: a minor version only adds;
+    what we use is checked column by column on connect as well)."""
     if name != FLEET_DATABASE:
         raise FleetSchemaError(f"{remote}: database {name!r} is not {FLEET_DATABASE}")
-    if version.split(".")[:2] != SCHEMA_VERSION.split(".")[:2]:
+    if not _compatible(version):
         raise FleetSchemaError(
             f"{remote}: fleet database schema {version or '(none)'} is not the "
             f"{SCHEMA_VERSION} this client speaks (convert it with ovsdb-client convert, "
             "or use a matching vhostcompat)")
+
+
+def _compatible(version: str) -> bool:
+    theirs, ours = version.split("."), SCHEMA_VERSION.split(".")
+    if len(theirs) != 3 or not all(part.isascii() and part.isdigit() for part in theirs):
+        return False
+    return theirs[0] == ours[0] and int(theirs[1]) >= int(ours[1])
