@@ -76,6 +76,7 @@ from vhostcompat.agent.reconcile import (
     reconcile,
 )
 from vhostcompat.errors import InputError, VhostCompatError
+from vhostcompat.fleet.presence import FleetOptions, FleetPresence
 from vhostcompat.hoststore import (
     NEGOTIATED_KEYS,
     STATUS_KEY,
@@ -132,6 +133,7 @@ class AgentConfig:
     catalog: Catalog | None = None
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     timeout: float = TIMEOUT
+    fleet: FleetOptions | None = None  # register in a fleet database (vhostcompat.fleet)
 
     def socket_path(self, name: str) -> str:
         """The agent's socket for an interface (names that are not path-safe, or too
@@ -175,6 +177,8 @@ class RowSink:
             event(_log, "status", iface=self.name, status=entries[STATUS_KEY],
                   acked=entries.get("vhost-compat-acked-features"))
         self.last = entries
+        if self.agent.presence is not None:  # and on the interface's fleet record
+            self.agent.presence.negotiated(self.name, entries)
 
 
 @dataclass
@@ -202,6 +206,8 @@ class Agent:
         self._resynced = False
         self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._writer: PortWriter | None = None
+        self.presence = None if config.fleet is None else FleetPresence(config.fleet,
+                                                                       config.remote)
 
     @property
     def writer(self) -> PortWriter:
@@ -220,16 +226,18 @@ class Agent:
         watcher = asyncio.create_task(self._watch(client), name="agent monitor")
         worker = asyncio.create_task(self._work(), name="agent reconcile")
         stopping = asyncio.create_task(stop.wait())
+        tasks = [watcher, worker, stopping]
+        if self.presence is not None:  # fails only for good: the name is another's
+            tasks.append(asyncio.create_task(self.presence.run(), name="agent fleet"))
         try:
-            done, _ = await asyncio.wait({watcher, worker, stopping},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopping:
                     task.result()  # a monitor that ended for good: raise its error
         finally:
-            for task in (watcher, worker, stopping):
+            for task in tasks:
                 task.cancel()
-            for task in (watcher, worker, stopping):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             for name in list(self.proxies):
@@ -282,6 +290,8 @@ class Agent:
             await self._after_resync()
         await self._finish_pending()
         self.published = self._published()
+        if self.presence is not None:
+            self.presence.published(list(self.published.values()))
         views = [self._view(row) for row in self.tables.table("Interface").values()]
         modes = {view.name: view.mode for view in views}
         self.failed = {name: failed for name, failed in self.failed.items()

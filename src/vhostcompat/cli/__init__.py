@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.proxy_commands",
     "vhostcompat.cli.libvirt_commands",
     "vhostcompat.cli.agent_command",
+    "vhostcompat.cli.fleet_commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

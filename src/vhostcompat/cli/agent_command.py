@@ -20,7 +20,13 @@ from vhostcompat.agent.daemon import Agent, AgentConfig
 from vhostcompat.agent.log import configure
 from vhostcompat.cli.common import EXIT_OK, Subparsers, add_command, run
 from vhostcompat.errors import InputError
-from vhostcompat.ovsdb import looks_like_remote
+from vhostcompat.fleet.presence import FleetOptions, owner_of
+from vhostcompat.fleet.registry import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_STALE_AFTER,
+    check_host_name,
+)
+from vhostcompat.ovsdb import looks_like_remote, parse_remotes
 from vhostcompat.profiles import load_catalog_or_default
 from vhostcompat.proxy import ProxyOptions
 from vhostcompat.proxy.relay import REPLY_TIMEOUT
@@ -50,10 +56,27 @@ def agent(args: argparse.Namespace) -> int:
         raise InputError(f"--db must be an OVSDB remote (unix:PATH, tcp:IP:PORT), "
                          f"not {args.db!r}")
     catalog = load_catalog_or_default(args.catalog) if args.catalog else None
-    config = AgentConfig(args.db, Path(args.state_dir).absolute(), catalog,
+    state_dir = Path(args.state_dir).absolute()
+    config = AgentConfig(args.db, state_dir, catalog,
                          ProxyOptions(reply_timeout=args.reply_timeout,
-                                      backend_timeout=args.backend_timeout))
+                                      backend_timeout=args.backend_timeout),
+                         fleet=fleet_options(args, state_dir))
     return run(_serve(config))
+
+
+def fleet_options(args: argparse.Namespace, state_dir: Path) -> FleetOptions | None:
+    """``--fleet REMOTES --host-name NAME``: register the host there (both or neither)."""
+    if (args.fleet is None) != (args.host_name is None):
+        raise InputError("--fleet and --host-name go together")
+    if args.fleet is None:
+        return None
+    parse_remotes(args.fleet)
+    check_host_name(args.host_name)
+    if not 0 < args.heartbeat_interval < args.stale_after:
+        raise InputError(f"--heartbeat-interval {args.heartbeat_interval:g} must be positive "
+                         f"and below --stale-after {args.stale_after:g}")
+    return FleetOptions(args.fleet, args.host_name, owner_of(state_dir),
+                        args.heartbeat_interval, args.stale_after)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -74,6 +97,17 @@ def register(subparsers: Subparsers) -> None:
                         help="the agent's sockets (one per interface) and journal "
                              f"(default {DEFAULT_STATE_DIR}; keep it short: socket paths "
                              "are limited to 107 bytes)")
+    parser.add_argument("--fleet", metavar="REMOTES",
+                        help="also register this host in the fleet database at REMOTES (its "
+                             "members, comma separated), keep its heartbeat fresh, and apply "
+                             "the modes provisioned there")
+    parser.add_argument("--host-name", metavar="NAME", help="with --fleet: the host's name")
+    parser.add_argument("--heartbeat-interval", type=float, default=DEFAULT_HEARTBEAT_INTERVAL,
+                        metavar="S", help="with --fleet: seconds between heartbeats (default "
+                                          f"{DEFAULT_HEARTBEAT_INTERVAL:g})")
+    parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER, metavar="S",
+                        help="with --fleet: another agent's row may be taken over once its "
+                             f"heartbeat is this old (default {DEFAULT_STALE_AFTER:g})")
     parser.add_argument("--log-format", choices=("kv", "json"), default="kv",
                         help="one line per event: key=value (default) or JSON")
     parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT, metavar="S",

@@ -14,15 +14,18 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vhostcompat.cli.fleet_commands import add_fleet_options, fleet_source
 from vhostcompat.manager import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT,
     HostStores,
     ProgressCallback,
+    RecordSource,
 )
 
 
 def add_fanout_options(parser: argparse.ArgumentParser) -> None:
+    add_fleet_options(parser)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
                         help=f"ask at most N hosts at a time (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -30,7 +33,10 @@ def add_fanout_options(parser: argparse.ArgumentParser) -> None:
                              f"unreachable, never as compatible (default {DEFAULT_TIMEOUT:g})")
 
 
-def record_source(args: argparse.Namespace) -> HostStores:
+def record_source(args: argparse.Namespace) -> RecordSource:
+    """Each host's own store, or with ``--fleet`` the fleet database (hosts by fleet name)."""
+    if args.fleet is not None:
+        return fleet_source(args)
     return HostStores(concurrency=args.concurrency, timeout=args.timeout)
 
 

@@ -20,7 +20,9 @@ from vhostcompat.cli.common import (
     emit_report,
     run,
 )
+from vhostcompat.cli.fleet_commands import add_fleet_option
 from vhostcompat.errors import InputError
+from vhostcompat.fleet.registry import ONE_SHOT_OWNER, Registration, publish_once
 from vhostcompat.hoststore import HostRecord
 from vhostcompat.ovsdb import looks_like_remote
 from vhostcompat.ovsprobe import probe_ovs
@@ -52,6 +54,10 @@ async def _publish_verified(args: argparse.Namespace, catalog: Catalog,
 
 def publish(args: argparse.Namespace) -> int:
     catalog = catalog_from(args)
+    if args.fleet is not None or args.host is not None:
+        return publish_fleet(args, catalog)
+    if args.db is None:
+        raise InputError("publish needs --db HOST (or --fleet REMOTES --host NAME)")
     if args.max_ring_size is not None and args.max_ring_size < 1:
         raise InputError(f"--max-ring-size must be positive, not {args.max_ring_size}")
     verification: Verification | None = None
@@ -69,6 +75,25 @@ def publish(args: argparse.Namespace) -> int:
         print(f"{record.address}: published {', '.join(record.versions)}")
         if verification is not None:
             emit_lines(verification.lines())
+    return EXIT_OK
+
+
+def publish_fleet(args: argparse.Namespace, catalog: Catalog) -> int:
+    """``publish --fleet REMOTES --host NAME``: register once (and publish in --db first)."""
+    if args.fleet is None or args.host is None:
+        raise InputError("publish into a fleet needs both --fleet REMOTES and --host NAME")
+    chosen = catalog.only(args.only) if args.only else catalog
+    registration = Registration.of(args.host, args.db or "", chosen.profiles,
+                                   args.owner or ONE_SHOT_OWNER + args.host)
+    registration.check()
+    if args.db is not None:
+        run(manager.publish(args.db, catalog, args.only))
+    run(publish_once(args.fleet, registration))
+    if args.json:
+        emit_json({"fleet": args.fleet, "host": args.host, "versions":
+                   list(registration.versions)})
+    else:
+        print(f"{args.host}: registered in the fleet with {', '.join(registration.versions)}")
     return EXIT_OK
 
 
@@ -109,8 +134,18 @@ def register(subparsers: Subparsers) -> None:
                     "a host's store, creating it if needed. Interfaces are kept. With "
                     "--probe or --probe-ovs only the profiles whose every feature and "
                     "limit the running backend honours are published; the others are "
-                    "listed with the reasons (exit 1 and nothing written when none is).")
-    add_host_option(parser, "--db", extra="; an embedded store is created if needed")
+                    "listed with the reasons (exit 1 and nothing written when none is). "
+                    "With --fleet REMOTES --host NAME the versions are registered in the "
+                    "fleet database once (and published in --db first, if given).")
+    add_host_option(parser, "--db", required=False,
+                    extra="; an embedded store is created if needed")
+    add_fleet_option(parser)
+    parser.add_argument("--host", metavar="NAME",
+                        help="with --fleet: the host's fleet name (registered once, no "
+                             "heartbeat after; --db, if given, becomes its remote)")
+    parser.add_argument("--owner", metavar="ID",
+                        help="with --fleet: the owner id to register as (default "
+                             "publish:NAME, which an agent of that host may take over)")
     parser.add_argument("--only", action="append", metavar="VERSION",
                         help="publish only this version (repeatable; catalog order kept)")
     probed = parser.add_mutually_exclusive_group()

@@ -77,15 +77,21 @@ REQUIRED_COLUMNS: Mapping[str, Sequence[str]] = {
 
 def store_timeout() -> float:
     """The per-call timeout: ``VHOSTCOMPAT_OVSDB_TIMEOUT`` seconds, default 5."""
-    text = os.environ.get(TIMEOUT_VARIABLE)
+    return seconds_from_environment(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT)
+
+
+def seconds_from_environment(variable: str, default: float, zero: bool = False) -> float:
+    """A number of seconds from the environment (0-3600; 0 only with ``zero``)."""
+    text = os.environ.get(variable)
     if text is None:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 3600:
-        raise InputError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds (0-3600]")
+    if not (value >= 0 if zero else value > 0) or value > 3600:
+        low = "[0" if zero else "(0"
+        raise InputError(f"{variable}={text!r} is not a number of seconds {low}-3600]")
     return value
 
 

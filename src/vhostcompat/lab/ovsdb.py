@@ -142,11 +142,11 @@ class OvsdbServer:
                              watch=[self.process])
 
     async def _answers(self) -> bool:
-        return await _connects(lambda: asyncio.open_unix_connection(str(self.socket_path)))
+        return await connects(lambda: asyncio.open_unix_connection(str(self.socket_path)))
 
     async def _tcp_listens(self) -> bool:
         port = self.tcp_port
-        return await _connects(lambda: asyncio.open_connection("127.0.0.1", port))
+        return await connects(lambda: asyncio.open_connection("127.0.0.1", port))
 
     async def vsctl(self, *arguments: str) -> str:
         """``ovs-vsctl --db=unix:SOCKET --no-wait ARGUMENTS...``; its stdout."""
@@ -199,7 +199,7 @@ class OvsdbServer:
         await self.start()
 
 
-async def _connects(opener: Callable[[], Awaitable[StreamPair]]) -> bool:
+async def connects(opener: Callable[[], Awaitable[StreamPair]]) -> bool:
     try:
         _, writer = await opener()
     except OSError:

@@ -175,13 +175,6 @@ def supports(host: HostRecord, version: str, contents: CompatProfile | None) -> 
         not compare_profiles(contents, profile) for profile in published_profiles(host))
 
 
-def _version_check(source: HostRecord, destination: HostRecord, version: str,
-                   contents: CompatProfile | None, catalog: Catalog | None,
-                   ) -> DestinationCheck:
-    required = required_profile(version, source, catalog) or contents
-    return check_destination(version, required, destination.versions, destination.profiles)
-
-
 def matrix_from_records(addresses: Sequence[str], records: Mapping[str, HostRecord],
                         failures: Sequence[HostFailure] = (), version: str | None = None,
                         catalog: Catalog | None = None) -> MatrixReport:
@@ -199,32 +192,48 @@ def matrix_from_records(addresses: Sequence[str], records: Mapping[str, HostReco
     runs = {name: {host.address for host in hosts if supports(host, name, published[name])}
             for name in versions}
     checks: dict[tuple[str, str, str], DestinationCheck] = {}
+    # Hosts of a fleet share profiles (the fleet's are content-addressed: one object per
+    # contents): a verdict depends only on what is compared, so each is computed once.
+    verdicts: dict[tuple[object, ...], DestinationCheck] = {}
+    compared = {host.address: (host.versions, *map(id, host.profiles.values()))
+                for host in hosts}
     for name in versions:
         for source in hosts:
             if source.address not in runs[name]:
                 continue
+            required = required_profile(name, source, catalog) or contents[name]
             for destination in hosts:
                 if destination is not source:
-                    checks[(name, source.address, destination.address)] = _version_check(
-                        source, destination, name, contents[name], catalog)
+                    key = (name, id(required), compared[destination.address])
+                    check = verdicts.get(key)
+                    if check is None:
+                        check = verdicts[key] = check_destination(
+                            name, required, destination.versions, destination.profiles)
+                    checks[(name, source.address, destination.address)] = check
     cells: list[MatrixCell] = []
     for source_address in addresses:
+        preference = _preference(records.get(source_address), versions)
         for destination_address in addresses:
             if source_address == destination_address:
                 continue
             cells.append(_cell(source_address, destination_address, records, checks,
-                               versions))
+                               preference))
     domains = migration_domains(addresses, versions, checks)
     return MatrixReport(version, tuple(addresses), tuple(cells), domains, tuple(failures))
 
 
+def _preference(source: HostRecord | None, versions: Sequence[str]) -> list[str]:
+    """The versions in the source's order, then the others (computed once per source)."""
+    if source is None:
+        return []
+    return [*source.versions, *(name for name in versions if name not in source.versions)]
+
+
 def _cell(source: str, destination: str, records: Mapping[str, HostRecord],
           checks: Mapping[tuple[str, str, str], DestinationCheck],
-          versions: Sequence[str]) -> MatrixCell:
+          preference: Sequence[str]) -> MatrixCell:
     if source not in records or destination not in records:
         return MatrixCell(source, destination, None, unreachable=True)
-    preference = [*records[source].versions,
-                  *(name for name in versions if name not in records[source].versions)]
     found = [(name, check) for name in preference
              if (check := checks.get((name, source, destination))) is not None]
     for name, check in found:
@@ -260,7 +269,26 @@ def migration_domains(addresses: Sequence[str], versions: Sequence[str],
 
 def maximal_cliques(nodes: Iterable[str],
                     adjacent: Mapping[str, set[str]]) -> list[frozenset[str]]:
-    """Every maximal clique of an undirected graph (Bron-Kerbosch with pivoting)."""
+    """Every maximal clique of an undirected graph (Bron-Kerbosch with pivoting).
+
+    Twins (nodes with the same closed neighbourhood: hosts of one configuration in a
+    fleet) are always in the same maximal cliques: one of each stands for all of them,
+    so a fleet of a few configurations is a graph of a few nodes."""
+    twins: dict[frozenset[str], list[str]] = {}
+    for node in nodes:
+        twins.setdefault(frozenset(adjacent[node] | {node}), []).append(node)
+    if all(len(members) == 1 for members in twins.values()):
+        return _bron_kerbosch([members[0] for members in twins.values()], adjacent)
+    standing = {members[0]: members for members in twins.values()}
+    reduced = {node: {other for other in adjacent[node] if other in standing}
+               for node in standing}
+    return [frozenset(member for node in clique for member in standing[node])
+            for clique in _bron_kerbosch(list(standing), reduced, keep_single=True)
+            if sum(len(standing[node]) for node in clique) > 1]
+
+
+def _bron_kerbosch(nodes: Iterable[str], adjacent: Mapping[str, set[str]],
+                   keep_single: bool = False) -> list[frozenset[str]]:
     found: list[frozenset[str]] = []
     # An explicit stack: a fleet-sized clique would otherwise recurse once per member.
     stack: list[tuple[frozenset[str], set[str], set[str]]] = [
@@ -268,7 +296,7 @@ def maximal_cliques(nodes: Iterable[str],
     while stack:
         clique, candidates, excluded = stack.pop()
         if not candidates and not excluded:
-            if len(clique) > 1:
+            if len(clique) > 1 or (keep_single and clique):
                 found.append(clique)
             continue
         pivot = max(candidates | excluded, key=lambda node: len(adjacent[node] & candidates))

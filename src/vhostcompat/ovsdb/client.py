@@ -437,16 +437,18 @@ class OvsdbClient:
 
     # -- monitors ---------------------------------------------------------------
 
-    def monitor(self, tables: Mapping[str, Iterable[str]]) -> Monitor:
-        """An async iterator of the updates of these tables' columns (see monitor.py)."""
+    def monitor(self, tables: Mapping[str, Iterable[str]],
+                where: Mapping[str, Sequence[Condition]] | None = None) -> Monitor:
+        """An async iterator of the updates of these tables' columns (see monitor.py);
+        with ``where``, only of the rows matching each table's conditions (monitor_cond)."""
         return Monitor(f"m{next(self._monitor_ids)}",
                        {table: tuple(columns) for table, columns in tables.items()},
-                       self._start_monitor, self._stop_monitor)
+                       self._start_monitor, self._stop_monitor, where)
 
     async def _start_monitor(self, monitor: Monitor) -> None:
         self._monitors[monitor.monitor_id] = monitor
         try:
-            await self._call("monitor", monitor.request(self.database), None,
+            await self._call(monitor.method, monitor.request(self.database), None,
                              on_result=self._initial_hook(monitor))
         except BaseException:
             self._monitors.pop(monitor.monitor_id, None)
@@ -466,14 +468,15 @@ class OvsdbClient:
     async def _resume_monitors(self, connection: Connection) -> None:
         for monitor in list(self._monitors.values()):
             try:
-                await connection.call("monitor", monitor.request(self.database), self.timeout,
+                await connection.call(monitor.method, monitor.request(self.database),
+                                      self.timeout,
                                       on_result=self._initial_hook(monitor))
             except OvsdbRequestError as error:
                 self._monitors.pop(monitor.monitor_id, None)
                 monitor.end(error)
 
     def _notify(self, method: str, params: Any) -> None:
-        if method != "update":
+        if method not in ("update", "update2"):
             _log.debug("notification %s ignored", method)
             return
         if not isinstance(params, list) or len(params) != 2:

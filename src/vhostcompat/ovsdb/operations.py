@@ -49,7 +49,8 @@ def _triples(triples: Sequence[tuple[str, str, Value]], allowed: frozenset[str],
     return encoded
 
 
-def _where(where: Sequence[Condition]) -> list[Json]:
+def where_json(where: Sequence[Condition]) -> list[Json]:
+    """Conditions as RFC 7047 JSON (a ``where`` clause)."""
     return _triples(where, FUNCTIONS, "condition function")
 
 
@@ -78,7 +79,7 @@ class Filtered(Operation):
     where: Sequence[Condition] = ()
 
     def _fields(self) -> dict[str, Json]:
-        return {"where": _where(self.where)}
+        return {"where": where_json(self.where)}
 
 
 @dataclass(frozen=True)

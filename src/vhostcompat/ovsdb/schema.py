@@ -63,6 +63,18 @@ class ColumnType:
             return next(iter(members))
         return members
 
+    def default(self) -> DecodedValue:
+        """The column's default (what ``update2`` leaves out of a row): empty, or the
+        base type's zero."""
+        if self.is_map:
+            return {}
+        if not self.is_scalar:
+            return frozenset()
+        zero: dict[str, DecodedValue] = {"string": "", "integer": 0, "real": 0.0,
+                                         "boolean": False,
+                                         "uuid": Uuid("00000000-0000-0000-0000-000000000000")}
+        return zero[self.key]
+
     @staticmethod
     def _check_atom(base: str, atom: Atom) -> None:
         expected = BASE_TYPES.get(base, object)

@@ -385,6 +385,8 @@ def describe_value(spec: KeySpec, value: Value) -> str:
 
 def feature_labels(value: VirtioFeature | ProtocolFeature) -> list[str]:
     """``NAME (bit N)`` for every bit set, the form used in reasons."""
+    if not value:
+        return []  # the common case in a fleet-sized matrix: nothing lacking
     bits = bit_numbers(int(value))
     label = (names(int(value), VirtioFeature) if isinstance(value, VirtioFeature)
              else names(int(value), ProtocolFeature))
