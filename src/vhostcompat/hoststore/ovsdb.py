@@ -67,7 +67,7 @@ from vhostcompat.ovsdb import (
     parse_remotes,
 )
 from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
-from vhostcompat.ovsdb.schema import known_schema
+from vhostcompat.ovsdb.schema import DatabaseSchema, known_schema
 from vhostcompat.profiles.model import CompatProfile, NegotiatedState
 
 TIMEOUT_VARIABLE = "VHOSTCOMPAT_OVSDB_TIMEOUT"
@@ -116,6 +116,10 @@ def _string_map(value: object) -> dict[str, str]:
 class OvsdbHostStore(HostStore):
     """A host whose store is its OVSDB (``unix:PATH``, ``tcp:IP:PORT``, or a list)."""
 
+    known_schema: DatabaseSchema | None = KNOWN_SCHEMA
+    """The column types the connections assume (None: ask ``get_schema``, as the
+    benchmark does side by side)."""
+
     def __init__(self, address: str, timeout: float | None = None,
                  before_write: Callable[[], Awaitable[object]] | None = None) -> None:
         """``before_write`` is awaited between a write's read and its conditional write
@@ -135,7 +139,7 @@ class OvsdbHostStore(HostStore):
 
     async def _connect(self, read: Sequence[Select] = ()) -> list[dict[str, Any]]:
         client = OvsdbClient(self.remotes, timeout=self.timeout,
-                             required_columns=REQUIRED_COLUMNS, known_schema=KNOWN_SCHEMA,
+                             required_columns=REQUIRED_COLUMNS, known_schema=self.known_schema,
                              reconnect=False)
         results = await client.connect(read=read)
         self._client = client
