@@ -11,7 +11,9 @@ Two measurements, against real standalone ovsdb-servers started here:
   four ways, round-robin, ``--repeat`` times:
 
   - ``vhostcompat versions`` in-process (``manager.versions``: every host
-    connected, schema-checked, read and closed concurrently);
+    connected, schema-checked, read and closed concurrently), and the same
+    with the store asking ``get_schema`` on connect (as it did before it
+    knew its column types);
   - the ``vhostcompat versions HOST...`` command as a process (the same,
     plus Python's start-up);
   - ``ovs-vsctl --no-wait get Open_vSwitch . external_ids:vhost-compat-versions``
@@ -47,6 +49,7 @@ from typing import Any
 from bench.common import Document, bench_parser, check_repeat, run_bench
 from vhostcompat import manager
 from vhostcompat.errors import InputError
+from vhostcompat.hoststore import OvsdbHostStore
 from vhostcompat.lab.errors import LabError
 from vhostcompat.lab.ovsdb import OvsdbServer, run_command, run_ovsdb_server, run_ovsdb_servers
 from vhostcompat.ovsdb import OvsdbClient, Select
@@ -56,11 +59,11 @@ HOSTS = 200
 ROUND_TRIPS = 2000
 PARALLEL = 8
 TARGET_SEQUENTIAL, TARGET_PARALLEL = 20.0, 5.0
-IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA = (
-    "vhostcompat (in-process)", "vhostcompat versions (process)",
+IN_PROCESS, WITH_SCHEMA, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA = (
+    "vhostcompat (in-process)", "vhostcompat, get_schema", "vhostcompat versions (process)",
     "ovs-vsctl sequential", f"ovs-vsctl {PARALLEL} at a time", "bare asyncio (floor)",
     "bare asyncio, no get_schema")
-VARIANTS = (IN_PROCESS, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA)
+VARIANTS = (IN_PROCESS, WITH_SCHEMA, COMMAND, SEQUENTIAL, PARALLEL_8, FLOOR, FLOOR_NO_SCHEMA)
 Answers = dict[str, tuple[str, ...]]
 
 
@@ -139,6 +142,14 @@ async def query_in_process(servers: Sequence[OvsdbServer]) -> Answers:
     return {host.address: host.versions for host in report.hosts}
 
 
+async def query_with_schema(servers: Sequence[OvsdbServer]) -> Answers:
+    known, OvsdbHostStore.known_schema = OvsdbHostStore.known_schema, None
+    try:
+        return await query_in_process(servers)
+    finally:
+        OvsdbHostStore.known_schema = known
+
+
 async def query_command(servers: Sequence[OvsdbServer]) -> Answers:
     output = await run_command([sys.executable, "-m", "vhostcompat.cli", "versions",
                                 *(server.remote for server in servers)], timeout=120.0)
@@ -199,7 +210,7 @@ async def query_bare(servers: Sequence[OvsdbServer], schema: bool = True) -> Ans
 
 
 QUERIES: Mapping[str, Callable[[Sequence[OvsdbServer]], Awaitable[Answers]]] = {
-    IN_PROCESS: query_in_process, COMMAND: query_command,
+    IN_PROCESS: query_in_process, WITH_SCHEMA: query_with_schema, COMMAND: query_command,
     SEQUENTIAL: query_sequential, PARALLEL_8: query_parallel, FLOOR: query_bare,
     FLOOR_NO_SCHEMA: functools.partial(query_bare, schema=False)}
 
@@ -235,9 +246,10 @@ def fleet_report(timings: Mapping[str, Sequence[float]], hosts: int) -> dict[str
                     for variant, values in timings.items()},
         "ratio_sequential": round(medians[SEQUENTIAL] / base, 1),
         "ratio_parallel": round(medians[PARALLEL_8] / base, 1),
+        "ratio_sequential_with_get_schema": round(medians[SEQUENTIAL] / medians[WITH_SCHEMA], 1),
         "ratio_sequential_vs_process": round(medians[SEQUENTIAL] / medians[COMMAND], 1),
         "ratio_parallel_vs_process": round(medians[PARALLEL_8] / medians[COMMAND], 1),
-        "ratio_sequential_vs_floor": round(medians[SEQUENTIAL] / medians[FLOOR], 1),
+        "ratio_sequential_vs_floor": round(medians[SEQUENTIAL] / medians[FLOOR_NO_SCHEMA], 1),
         "targets": {"sequential": TARGET_SEQUENTIAL, "parallel": TARGET_PARALLEL},
     }
 
@@ -269,11 +281,13 @@ def render(document: Document) -> str:
                      f"[{seconds['min']:.3f}-{seconds['max']:.3f}]")
     lines += [f"ratio sequential / in-process: {fleet['ratio_sequential']} "
               f"(target >= {TARGET_SEQUENTIAL:g})",
+              f"the same with get_schema on connect: {fleet['ratio_sequential_with_get_schema']}",
               f"ratio {PARALLEL} at a time / in-process: {fleet['ratio_parallel']} "
               f"(target >= {TARGET_PARALLEL:g})",
               f"the same against the command as a process: {fleet['ratio_sequential_vs_process']}"
               f" and {fleet['ratio_parallel_vs_process']}",
-              f"sequential / the bare floor: {fleet['ratio_sequential_vs_floor']}"]
+              f"sequential / the bare floor (no get_schema): "
+              f"{fleet['ratio_sequential_vs_floor']}"]
     return "\n".join(lines)
 
 

@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         monkeypatch.setenv(TIMEOUT_VARIABLE, "0.3")
         async with listener(silent):
             await refused("check-migration", "--iface", "vhu0", "--from", a, "--to",
-                          f"unix:{silent}", says="no reply to get_schema within 0.3 s")
+                          f"unix:{silent}", says="no reply to transact within 0.3 s")
         monkeypatch.setenv(TIMEOUT_VARIABLE, "soon")
         await refused("versions", a, says=f"{TIMEOUT_VARIABLE}='soon' is not a number")
         monkeypatch.delenv(TIMEOUT_VARIABLE)

@@ -13,6 +13,7 @@ from bench.bench_ovsdb import (
     PARALLEL_8,
     SEQUENTIAL,
     VARIANTS,
+    WITH_SCHEMA,
     fleet_report,
     latency,
     main,
@@ -24,12 +25,14 @@ from tests.ovsdb.helpers import require_ovsdb
 
 
 def test_ratios_are_of_medians() -> None:
-    timings = {IN_PROCESS: [0.1, 0.2, 0.3], COMMAND: [0.5, 0.5, 0.5],
+    timings = {IN_PROCESS: [0.1, 0.2, 0.3], WITH_SCHEMA: [0.4, 0.4, 0.4], COMMAND: [0.5, 0.5, 0.5],
                SEQUENTIAL: [4.0, 4.0, 5.0], PARALLEL_8: [1.0, 1.2, 2.0], FLOOR: [0.1, 0.1, 0.1],
                FLOOR_NO_SCHEMA: [0.05, 0.05, 0.05]}
     report = fleet_report(timings, 200)
     assert report["ratio_sequential"] == 20.0 and report["ratio_parallel"] == 6.0
     assert report["ratio_sequential_vs_process"] == 8.0
+    assert report["ratio_sequential_with_get_schema"] == 10.0
+    assert report["ratio_sequential_vs_floor"] == 80.0
     assert report["seconds"][PARALLEL_8] == {"median": 1.2, "min": 1.0, "max": 2.0,
                                              "samples": [1.0, 1.2, 2.0]}
     document = {"repeat": 3, "round_trip": {kind: latency([100.0, 120.0, 900.0])

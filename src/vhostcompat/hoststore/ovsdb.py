@@ -22,8 +22,13 @@ client (:mod:`vhostcompat.ovsdb`), readable and writable with plain
   ``ovs-vsctl init`` would), conditionally too.
 
 The database is refused by name on connect unless it is ``Open_vSwitch`` with
-the tables and columns used here. Each call is bounded by the store's
-timeout (``VHOSTCOMPAT_OVSDB_TIMEOUT`` seconds in the environment, default 5).
+the tables and columns used here. Their types are known here
+(:data:`KNOWN_COLUMNS`, as vswitch.ovsschema declares them; a test compares
+the two), so the connection asks no ``get_schema``: its first transaction
+names exactly these columns and the server refuses what it lacks (see
+:mod:`vhostcompat.ovsdb.client`), and values are decoded with these types.
+Each call is bounded by the store's timeout (``VHOSTCOMPAT_OVSDB_TIMEOUT``
+seconds in the environment, default 5).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from vhostcompat.ovsdb import (
     parse_remotes,
 )
 from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
+from vhostcompat.ovsdb.schema import DatabaseSchema, known_schema
 from vhostcompat.profiles.model import CompatProfile, NegotiatedState
 
 TIMEOUT_VARIABLE = "VHOSTCOMPAT_OVSDB_TIMEOUT"
@@ -70,9 +76,15 @@ ROOT_TABLE = "Open_vSwitch"
 INTERFACE_TABLE = "Interface"
 ROOT_COLUMNS = ("_uuid", "external_ids")
 INTERFACE_COLUMNS = ("_uuid", "name", "options", "external_ids", "status")
+STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
+# The type of every column used here, as vswitch.ovsschema writes it.
+KNOWN_COLUMNS: Mapping[str, Mapping[str, object]] = {
+    ROOT_TABLE: {"external_ids": STRING_MAP},
+    INTERFACE_TABLE: {"name": "string", "type": "string", "options": STRING_MAP,
+                      "external_ids": STRING_MAP, "status": STRING_MAP}}
 REQUIRED_COLUMNS: Mapping[str, Sequence[str]] = {
-    ROOT_TABLE: ("external_ids",),
-    INTERFACE_TABLE: ("name", "type", "options", "external_ids", "status")}
+    table: tuple(columns) for table, columns in KNOWN_COLUMNS.items()}
+KNOWN_SCHEMA = known_schema(ROOT_TABLE, KNOWN_COLUMNS)
 
 
 def store_timeout() -> float:
@@ -104,6 +116,10 @@ def _string_map(value: object) -> dict[str, str]:
 class OvsdbHostStore(HostStore):
     """A host whose store is its OVSDB (``unix:PATH``, ``tcp:IP:PORT``, or a list)."""
 
+    known_schema: DatabaseSchema | None = KNOWN_SCHEMA
+    """The column types the connections assume (None: ask ``get_schema``, as the
+    benchmark does side by side)."""
+
     def __init__(self, address: str, timeout: float | None = None,
                  before_write: Callable[[], Awaitable[object]] | None = None) -> None:
         """``before_write`` is awaited between a write's read and its conditional write
@@ -123,7 +139,8 @@ class OvsdbHostStore(HostStore):
 
     async def _connect(self, read: Sequence[Select] = ()) -> list[dict[str, Any]]:
         client = OvsdbClient(self.remotes, timeout=self.timeout,
-                             required_columns=REQUIRED_COLUMNS, reconnect=False)
+                             required_columns=REQUIRED_COLUMNS, known_schema=self.known_schema,
+                             reconnect=False)
         results = await client.connect(read=read)
         self._client = client
         return results
@@ -136,7 +153,7 @@ class OvsdbHostStore(HostStore):
     # -- reads ------------------------------------------------------------------
 
     async def _select(self, *selects: Select) -> list[list[DecodedRow]]:
-        """One transaction of selects; the first travels with the connection's get_schema."""
+        """One transaction of selects; the first travels with the connection's schema check."""
         if self._client is None:
             results = await self._connect(read=selects)
         else:

@@ -14,6 +14,17 @@ Lifecycle (:class:`Runstate`), after QEMU's QMP library::
   the database's name and the tables and columns the caller needs
   (``required_columns``); a database that does not fit raises
   :class:`OvsdbSchemaError` at once (another member would not fit better).
+* With ``known_schema`` (:func:`~vhostcompat.ovsdb.schema.known_schema`: the
+  types of the columns the caller uses, known in advance) there is no
+  ``get_schema`` (17 KB per vswitch server): the first ``transact`` on the
+  connection, in the same write as ``read``, starts with one ``select`` per
+  required table naming exactly its required columns (matching no row), and
+  the server itself refuses an unknown database, table or column. Only then
+  is ``get_schema`` asked, to name what is missing in the same
+  :class:`OvsdbSchemaError` as above. Values are decoded with the known
+  types, so a value whose shape does not fit them is refused
+  (:class:`OvsdbProtocolError`); a column outside the known schema cannot
+  be read.
 * Every call has a timeout (``timeout=`` per call, else the client's):
   :class:`OvsdbTimeoutError` when the server accepts and never answers.
 * When the connection drops, every pending call fails at once with
@@ -72,7 +83,7 @@ from vhostcompat.ovsdb.operations import (
 )
 from vhostcompat.ovsdb.remotes import Remote, format_remotes, parse_remotes
 from vhostcompat.ovsdb.schema import DatabaseSchema, RequiredColumns, check_schema
-from vhostcompat.ovsdb.values import ValueShapeError
+from vhostcompat.ovsdb.values import Uuid, ValueShapeError
 
 _log = logging.getLogger("vhostcompat.ovsdb")
 
@@ -80,6 +91,7 @@ DEFAULT_DATABASE = "Open_vSwitch"
 DEFAULT_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+NO_ROW = Uuid("00000000-0000-0000-0000-000000000000")  # the known-schema check's where
 SCHEMA_REQUEST_ID = "schema"  # fixed, so identical schemas arrive byte for byte (jsonrpc)
 WAIT_FAILED = "timed out"
 
@@ -97,6 +109,7 @@ class OvsdbClient:
     def __init__(self, remotes: str | Sequence[Remote], database: str = DEFAULT_DATABASE, *,
                  timeout: float = DEFAULT_TIMEOUT,
                  required_columns: RequiredColumns | None = None,
+                 known_schema: DatabaseSchema | None = None,
                  reconnect: bool = True, backoff_max: float = BACKOFF_MAX,
                  probe_interval: float | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -110,6 +123,15 @@ class OvsdbClient:
         self.database = database
         self.timeout = timeout
         self.required_columns: RequiredColumns = dict(required_columns or {})
+        self.known_schema = known_schema
+        self._checks: tuple[Select, ...] = ()
+        if known_schema is not None:
+            try:
+                check_schema("the known schema", known_schema, database, self.required_columns)
+            except OvsdbSchemaError as error:
+                raise ValueError(str(error)) from None
+            self._checks = tuple(Select(table, [("_uuid", "==", NO_ROW)], columns)
+                                 for table, columns in self.required_columns.items())
         self.reconnect = reconnect
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
@@ -245,17 +267,46 @@ class OvsdbClient:
                 remote, on_notify=self._notify, on_lost=self._lost,
                 max_message_bytes=self.max_message_bytes, max_depth=self.max_depth)
         try:
-            requests = [Request("get_schema", [self.database], SCHEMA_REQUEST_ID)]
-            if read:
-                requests.append(Request("transact", self._transact_params(read)))
-            answers = await connection.call_many(requests, self.timeout,
-                                                 return_exceptions=True)
-            self._schema = await self._checked_schema(connection, answers[0])
-            results = self._results(connection.remote, read, answers[1]) if read else []
+            if self.known_schema is not None:
+                results = await self._open_known(connection, self.known_schema, read)
+            else:
+                requests = [Request("get_schema", [self.database], SCHEMA_REQUEST_ID)]
+                if read:
+                    requests.append(Request("transact", self._transact_params(read)))
+                answers = await connection.call_many(requests, self.timeout,
+                                                     return_exceptions=True)
+                self._schema = await self._checked_schema(connection, answers[0])
+                results = self._results(connection.remote, read, answers[1]) if read else []
         except BaseException:
             await connection.close()
             raise
         return connection, results
+
+    async def _open_known(self, connection: Connection, schema: DatabaseSchema,
+                          read: Sequence[Select]) -> list[Result]:
+        """The checks and ``read`` in one transact; what the server refuses is named
+        from its ``get_schema`` (asked only then)."""
+        operations = (*self._checks, *read)
+        if not operations:
+            return []
+        try:
+            reply = await connection.call("transact", self._transact_params(operations),
+                                          self.timeout)
+        except OvsdbRequestError:  # an unknown database
+            reply = None
+        refusal = _refusal(reply, len(self._checks))
+        if refusal is not None:
+            await self._checked_schema(connection, await self._schema_answer(connection))
+            raise OvsdbSchemaError(connection.remote, f"the server refused the columns "
+                                   f"used here: {refusal}")
+        self._schema = schema
+        return self._results(connection.remote, operations, reply)[len(self._checks):]
+
+    async def _schema_answer(self, connection: Connection) -> object:
+        [answer] = await connection.call_many(
+            [Request("get_schema", [self.database], SCHEMA_REQUEST_ID)], self.timeout,
+            return_exceptions=True)
+        return answer
 
     async def _checked_schema(self, connection: Connection, answer: object) -> DatabaseSchema:
         if isinstance(answer, OvsdbRequestError):
@@ -524,6 +575,19 @@ def _commit_error(remote: str, operations: Sequence[Operation], index: int,
     kind = OvsdbConflictError if isinstance(operation, Wait) and error == WAIT_FAILED else (
         OvsdbCommitError)
     return kind(remote, error, detail_text, index, operation.op)
+
+
+def _refusal(reply: object, checks: int) -> str | None:
+    """Why the server refused the known-schema checks (None: it did not): no reply
+    (an unknown database) or an error element among the checks' results."""
+    if reply is None:
+        return "unknown database"
+    if not isinstance(reply, list):
+        return None  # malformed: the results' decoding says so
+    for element in reply[:checks]:
+        if isinstance(element, dict) and "error" in element:
+            return f"{str(element.get('error'))[:60]}: {str(element.get('details'))[:200]}"
+    return None
 
 
 def _length(reply: object) -> str:

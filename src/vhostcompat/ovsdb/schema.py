@@ -7,6 +7,11 @@ used: the vswitch schema is 17 KB and most commands touch two tables.
 
 :func:`check_schema` refuses, by name, a database that is not the one asked
 for, or that lacks a table or a column the caller uses.
+
+:func:`known_schema` builds the same object from a caller's own small typed
+table of the columns it uses (the JSON of their types, as a schema file
+writes them): a client given one skips ``get_schema`` on connect and lets
+the server refuse what it lacks (see :mod:`vhostcompat.ovsdb.client`).
 """
 
 from __future__ import annotations
@@ -163,6 +168,18 @@ class DatabaseSchema:
             found = TableSchema(table, columns)
             self._tables[table] = found
         return found
+
+
+def known_schema(database: str, tables: Mapping[str, Mapping[str, object]]) -> DatabaseSchema:
+    """A schema of only these tables and columns (``{table: {column: type JSON}}``),
+    every type parsed now: a malformed one is the caller's bug, raised at once."""
+    schema = DatabaseSchema({"name": database, "tables": {
+        table: {"columns": {column: {"type": kind} for column, kind in columns.items()}}
+        for table, columns in tables.items()}})
+    for table, columns in tables.items():
+        for column in columns:
+            schema.table(table).column(column)
+    return schema
 
 
 def check_schema(remote: str, schema: DatabaseSchema, database: str,
