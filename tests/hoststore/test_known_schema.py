@@ -22,6 +22,7 @@ from vhostcompat.hoststore.ovsdb import KNOWN_COLUMNS, KNOWN_SCHEMA, REQUIRED_CO
 from vhostcompat.lab.ovsdb import run_ovsdb_server
 from vhostcompat.ovsdb import Insert, OvsdbError, OvsdbSchemaError, connect
 from vhostcompat.ovsdb.connection import Connection
+from vhostcompat.ovsdb.jsonrpc import MessageReader
 from vhostcompat.ovsdb.schema import DatabaseSchema
 
 pytestmark = pytest.mark.e2e
@@ -54,17 +55,18 @@ def test_the_store_reads_without_get_schema_naming_exactly_its_columns(
         short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_ovsdb()
     sent: list[dict[str, Any]] = []
-    encode = Connection._encode
+    write = Connection._write
 
-    def recording(connection: Connection, message: dict[str, Any]) -> bytes:
-        sent.append(message)
-        return encode(connection, message)
+    def recording(connection: Connection, data: bytes) -> None:
+        # What goes on the wire (each write here is one or more whole messages).
+        sent.extend(MessageReader().feed(data))
+        write(connection, data)
 
     async def scenario() -> None:
         async with run_ovsdb_server(short_dir, "db") as server:
             await add_vhost_port(server)
             await server.vsctl("set", "Interface", "vhu0", "options:vhost-compat-version=v1")
-            monkeypatch.setattr(Connection, "_encode", recording)
+            monkeypatch.setattr(Connection, "_write", recording)
             async with open_host(server.remote) as store:
                 record = await store.read()
             assert record.interfaces["vhu0"].version == "v1"

@@ -73,6 +73,21 @@ def test_column_types_give_each_column_its_python_shape() -> None:
     assert ColumnType("boolean").decode(False) is False
 
 
+def test_string_maps_decode_in_one_pass_and_refuse_every_other_shape() -> None:
+    """external_ids, options and status take a fast path; it accepts nothing the general
+    decoding would refuse."""
+    mapping = parse_column_type({"key": "string", "value": "string", "min": 0,
+                                 "max": "unlimited"})
+    assert mapping.decode(["map", [["a", "1"], ["b", ""]]]) == {"a": "1", "b": ""}
+    assert mapping.decode(["map", [["a", "1"], ["a", "2"]]]) == {"a": "2"}
+    for bad in (["map", ["ab"]], ["map", [["a", "1", "x"]]], ["map", [["a", 1]]],
+                ["map", [[1, "a"]]], ["map", [["a", True]]], ["map", [["a", ["uuid", U1]]]],
+                ["map", "ab"], ["set", [["a", "1"]]], ["map", [("a", "1")], "extra"],
+                ["map", [["a", None]]], ["map", [["a", {"x": 1}]]]):
+        with pytest.raises(ValueShapeError):
+            mapping.decode(bad)
+
+
 @pytest.mark.parametrize("json", [{"key": "string", "min": 2}, {"key": "nosuch"},
                                   {"key": "string", "max": 0}, 7])
 def test_malformed_column_types_are_refused(json: object) -> None:

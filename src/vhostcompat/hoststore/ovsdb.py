@@ -65,6 +65,7 @@ from vhostcompat.ovsdb import (
     Uuid,
     Wait,
     parse_remotes,
+    read_once,
 )
 from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
 from vhostcompat.ovsdb.schema import DatabaseSchema, known_schema
@@ -160,6 +161,15 @@ class OvsdbHostStore(HostStore):
             results = await self._client.transact(*selects)
         return [result["rows"] for result in results]
 
+    async def _read_selects(self, *selects: Select) -> list[list[DecodedRow]]:
+        """:meth:`_select` for a read that writes nothing after: a one-shot connection
+        when none is open (:func:`~vhostcompat.ovsdb.read_once`), else the open one."""
+        if self._client is not None or self.known_schema is None:
+            return await self._select(*selects)
+        results = await read_once(self.remotes, selects, known_schema=self.known_schema,
+                                  required_columns=REQUIRED_COLUMNS, timeout=self.timeout)
+        return [result["rows"] for result in results]
+
     def _root(self, rows: list[DecodedRow], required: bool = True) -> DecodedRow | None:
         if len(rows) > 1:
             raise HostStoreCorruptError(self.address, f"{len(rows)} Open_vSwitch rows")
@@ -171,7 +181,7 @@ class OvsdbHostStore(HostStore):
         return rows[0]
 
     async def read(self) -> HostRecord:
-        root_rows, interface_rows = await self._select(
+        root_rows, interface_rows = await self._read_selects(
             Select(ROOT_TABLE, (), ROOT_COLUMNS), Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
         root = self._root(root_rows)
         assert root is not None

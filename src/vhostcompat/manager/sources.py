@@ -133,11 +133,11 @@ class HostStores:
     async def gather(self, addresses: Sequence[str],
                      progress: ProgressCallback | None = None) -> Gathered:
         ordered = check_addresses(addresses)
-        for address in ordered:
-            open_host(address)  # a malformed address is bad input, refused before any I/O
+        # A malformed address is bad input, refused before any I/O.
+        stores = {address: open_host(address) for address in ordered}
 
         async def read(address: str) -> HostRecord:
-            async with open_host(address) as store:
+            async with stores[address] as store:
                 return await store.read()
 
         outcomes = await self._fan_out(ordered, read, progress)

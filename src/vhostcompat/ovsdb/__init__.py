@@ -24,7 +24,13 @@ iterator), :mod:`~.client` (lifecycle, members, reconnect, transactions),
 :mod:`~.errors`.
 """
 
-from vhostcompat.ovsdb.client import DEFAULT_DATABASE, OvsdbClient, Runstate, connect
+from vhostcompat.ovsdb.client import (
+    DEFAULT_DATABASE,
+    OvsdbClient,
+    Runstate,
+    connect,
+    read_once,
+)
 from vhostcompat.ovsdb.errors import (
     OvsdbCommitError,
     OvsdbConflictError,
@@ -79,4 +85,5 @@ __all__ = [
     "connect",
     "looks_like_remote",
     "parse_remotes",
+    "read_once",
 ]

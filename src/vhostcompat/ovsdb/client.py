@@ -70,7 +70,7 @@ from vhostcompat.ovsdb.errors import (
     OvsdbSchemaError,
     OvsdbTimeoutError,
 )
-from vhostcompat.ovsdb.jsonrpc import MAX_DEPTH, MAX_MESSAGE_BYTES
+from vhostcompat.ovsdb.jsonrpc import MAX_DEPTH, MAX_MESSAGE_BYTES, encode_json
 from vhostcompat.ovsdb.monitor import Monitor
 from vhostcompat.ovsdb.operations import (
     Condition,
@@ -130,8 +130,7 @@ class OvsdbClient:
                 check_schema("the known schema", known_schema, database, self.required_columns)
             except OvsdbSchemaError as error:
                 raise ValueError(str(error)) from None
-            self._checks = tuple(Select(table, [("_uuid", "==", NO_ROW)], columns)
-                                 for table, columns in self.required_columns.items())
+            self._checks = known_schema_checks(self.required_columns)
         self.reconnect = reconnect
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
@@ -547,6 +546,107 @@ async def connect(remotes: str | Sequence[Remote], database: str = DEFAULT_DATAB
                          reconnect=reconnect, **options)
     await client.connect(retry_for=retry_for)
     return client
+
+
+def known_schema_checks(required_columns: RequiredColumns) -> tuple[Select, ...]:
+    """The selects that make the server refuse what the known schema assumes and it
+    lacks: one per required table, naming exactly its required columns, matching no row."""
+    return tuple(Select(table, (("_uuid", "==", NO_ROW),), tuple(columns))
+                 for table, columns in required_columns.items())
+
+
+async def read_once(remotes: str | Sequence[Remote], read: Sequence[Select], *,
+                    known_schema: DatabaseSchema, required_columns: RequiredColumns,
+                    database: str = DEFAULT_DATABASE, timeout: float = DEFAULT_TIMEOUT,
+                    max_message_bytes: int = MAX_MESSAGE_BYTES,
+                    max_depth: int = MAX_DEPTH) -> list[Result]:
+    """One transaction of selects on a fresh connection, closed at once: a one-shot read.
+
+    What :meth:`OvsdbClient.connect` with ``known_schema`` and ``read`` does,
+    then :meth:`OvsdbClient.close`, without the client's state machine,
+    monitors and reconnection (a fleet query makes hundreds of these, and that
+    machinery was a third of its time): the members are tried in turn, the
+    same checks travel in the same transaction, and the errors are the same.
+    A database the checks do not fit is handed to a full client, whose
+    ``get_schema`` names what is missing.
+    """
+    members = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
+    if not members or not all(isinstance(operation, Select) for operation in read):
+        raise ValueError("read_once needs remotes and selects")
+    checks = known_schema_checks(required_columns)
+    operations = (*checks, *read)
+    params, encoded = _read_params(database, operations)
+    causes: list[tuple[str, BaseException]] = []
+    for remote in members:
+        address = str(remote)
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await Connection.open(
+                    remote, on_notify=_ignore_notification, on_lost=_ignore_loss,
+                    max_message_bytes=max_message_bytes, max_depth=max_depth)
+            try:
+                [reply] = await connection.call_many(
+                    [Request("transact", params, encoded_params=encoded)], timeout)
+            finally:
+                await connection.close()
+        except OvsdbRequestError:  # an unknown database: the full client names it
+            reply = None
+        except (OvsdbConnectionError, OvsdbTimeoutError, OvsdbProtocolError, OSError,
+                TimeoutError) as error:
+            causes.append((address, error))
+            continue
+        if _refusal(reply, len(checks)) is not None:
+            return await _read_with_schema(remote, read, database=database, timeout=timeout,
+                                           required_columns=required_columns,
+                                           known_schema=known_schema)
+        try:
+            return transaction_results(address, operations, reply, known_schema)[len(checks):]
+        except ValueShapeError as error:  # as connect() does: this member is unusable
+            causes.append((address, OvsdbProtocolError(address, f"transact answer: {error}")))
+    raise OvsdbConnectionError("cannot connect to OVSDB", causes)
+
+
+async def _read_with_schema(remote: Remote, read: Sequence[Select], *, database: str,
+                            timeout: float, required_columns: RequiredColumns,
+                            known_schema: DatabaseSchema) -> list[Result]:
+    client = OvsdbClient((remote,), database, timeout=timeout,
+                         required_columns=required_columns, known_schema=known_schema,
+                         reconnect=False)
+    try:
+        return await client.connect(read=read)
+    finally:
+        await client.close()
+
+
+# A fleet query sends the same read to every host: its JSON is built once.
+_READ_PARAMS: dict[tuple[str, tuple[Select, ...]], tuple[list[Any], bytes]] = {}
+READ_PARAMS_CACHED = 64
+
+
+def _read_params(database: str, operations: tuple[Select, ...]) -> tuple[list[Any], bytes]:
+    """The transact params of ``operations`` and their JSON (shared between calls: not
+    to be changed)."""
+    try:
+        known = _READ_PARAMS.get((database, operations))
+        cacheable = True
+    except TypeError:  # a select whose where or columns is a list: not cached
+        known, cacheable = None, False
+    if known is None:
+        params = [database, *(operation.to_json() for operation in operations)]
+        known = (params, encode_json(params))
+        if cacheable:
+            if len(_READ_PARAMS) >= READ_PARAMS_CACHED:
+                _READ_PARAMS.clear()
+            _READ_PARAMS[database, operations] = known
+    return known
+
+
+def _ignore_notification(method: str, params: Any) -> None:
+    """A one-shot read asks for no updates; a server's unsolicited notification is dropped."""
+
+
+def _ignore_loss(connection: Connection, reason: OvsdbError) -> None:
+    """A one-shot read learns of a loss from its call's error."""
 
 
 def transaction_results(remote: str, operations: Sequence[Operation], reply: object,

@@ -1,9 +1,13 @@
 """One JSON-RPC connection to one OVSDB remote: calls, echo replies, notifications.
 
-A :class:`Connection` is the asyncio protocol of one stream: bytes go
-through the framer (:mod:`vhostcompat.ovsdb.jsonrpc`) as they arrive and each
-message is handled at once, inside ``data_received`` (no reader task: one
-event-loop step fewer per round trip). Calls are sent with an id and wait,
+A :class:`Connection` owns one non-blocking socket, watched by the event
+loop's reader callback: bytes go through the framer
+(:mod:`vhostcompat.ovsdb.jsonrpc`) as they arrive and each message is handled
+at once, inside that callback (no reader task, no transport: a one-shot read
+of a host is one connect, one write and one wake-up, and closing it is one
+system call, which is what lets a fleet of hundreds be read concurrently at
+a small cost per host). What the kernel does not take at once is kept and
+written when the socket is writable. Calls are sent with an id and wait,
 bounded by a timer, for the response with that id. Requests from the server
 are answered at once: ``echo`` (ovsdb-server's inactivity probe: a client
 that does not answer is disconnected) with its own params, any other method
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +38,14 @@ from vhostcompat.ovsdb.errors import (
     OvsdbTimeoutError,
     describe,
 )
-from vhostcompat.ovsdb.jsonrpc import FramingError, MessageReader, encode
+from vhostcompat.ovsdb.jsonrpc import FramingError, MessageReader, encode, encode_json
 from vhostcompat.ovsdb.remotes import Remote
 from vhostcompat.ovsdb.values import ValueShapeError
 
 _log = logging.getLogger("vhostcompat.ovsdb")
 
 CLOSE_TIMEOUT = 5.0
+RECV_SIZE = 256 * 1024
 RequestId = int | str
 ResultHook = Callable[[Any], None]
 Notify = Callable[[str, Any], None]
@@ -54,6 +60,8 @@ class Request:
     params: list[Any]
     request_id: RequestId | None = None
     on_result: ResultHook | None = None
+    encoded_params: bytes | None = None
+    """``params`` as JSON already (a request sent to many servers is encoded once)."""
 
 
 @dataclass
@@ -68,11 +76,13 @@ class _RemoteLogger(logging.LoggerAdapter[logging.Logger]):
         return f"{self.extra['remote'] if self.extra else '?'}: {msg}", kwargs
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """A live connection; make one with :meth:`open`."""
 
-    def __init__(self, remote: str, *, on_notify: Notify, on_lost: LostHook,
-                 max_message_bytes: int, max_depth: int) -> None:
+    def __init__(self, remote: str, sock: socket.socket, *, on_notify: Notify,
+                 on_lost: LostHook, max_message_bytes: int, max_depth: int) -> None:
+        """Take ``sock`` (connected, non-blocking) and start reading it."""
+        loop = asyncio.get_running_loop()
         self.remote = remote
         self.echo_replies = 0
         self._framer = MessageReader(max_message_bytes, max_depth)
@@ -81,18 +91,22 @@ class Connection(asyncio.Protocol):
         self._pending: dict[RequestId, _Pending] = {}
         self._next_id = 0
         self._lost: OvsdbError | None = None
-        self._transport: asyncio.Transport | None = None
-        self._closed = asyncio.get_running_loop().create_future()
         self._log = _RemoteLogger(_log, {"remote": remote})
         self._debug = self._log.isEnabledFor(logging.DEBUG)
-        self.last_received = asyncio.get_running_loop().time()
+        self._loop = loop
+        self.last_received = loop.time()
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._unsent = bytearray()  # what the kernel has not taken yet
+        self._flushed: asyncio.Future[None] | None = None  # close() waiting for _unsent
+        loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
     async def open(cls, remote: Remote, *, on_notify: Notify, on_lost: LostHook,
                    max_message_bytes: int, max_depth: int) -> Connection:
-        return await remote.connect(lambda: cls(
-            str(remote), on_notify=on_notify, on_lost=on_lost,
-            max_message_bytes=max_message_bytes, max_depth=max_depth))
+        sock = await remote.open_socket()
+        return cls(str(remote), sock, on_notify=on_notify, on_lost=on_lost,
+                   max_message_bytes=max_message_bytes, max_depth=max_depth)
 
     @property
     def pending_calls(self) -> int:
@@ -141,8 +155,11 @@ class Connection(asyncio.Protocol):
             self._pending[request_id] = _Pending(request.method, future, request.on_result)
             ids.append(request_id)
             futures.append(future)
-            data += self._encode({"method": request.method, "params": request.params,
-                                  "id": request_id})
+            if request.encoded_params is None:
+                data += self._encode({"method": request.method, "params": request.params,
+                                      "id": request_id})
+            else:
+                data += self._encode_with(request, request_id)
         timers = [loop.call_later(timeout, self._expire, request_id, timeout)
                   for request_id in ids]
         try:
@@ -165,27 +182,80 @@ class Connection(asyncio.Protocol):
             pending.future.set_exception(OvsdbTimeoutError(self.remote, pending.method, timeout))
 
     async def close(self, reason: OvsdbError | None = None) -> None:
-        """Close the stream; pending calls fail with ``reason`` ("closed by the client")."""
+        """Close the stream; pending calls fail with ``reason`` ("closed by the client").
+
+        What we wrote and the kernel has not taken yet is flushed first; a
+        peer that never reads must not hold us: the socket is closed after
+        :data:`CLOSE_TIMEOUT` seconds whatever is left.
+        """
+        if self._sock is not None and self._unsent and self._flushed is None:
+            self._flushed = self._loop.create_future()
         self._lose(reason or OvsdbConnectionError(f"{self.remote}: connection closed by the "
                                                   "client"))
-        # connection_lost follows once what we wrote is flushed; a peer that
-        # never reads must not hold us: abort after a bound.
+        if self._flushed is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flushed), CLOSE_TIMEOUT)
+            except TimeoutError:
+                pass
+            finally:
+                self._close_socket()
+
+    # -- the socket -------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
         try:
-            await asyncio.wait_for(self._closed, CLOSE_TIMEOUT)
-        except TimeoutError:
-            if self._transport is not None:
-                self._transport.abort()
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
+                                            f"({describe(error)})"))
+            return
+        if not data:
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the server"))
+            return
+        self._received(data)
 
-    # -- asyncio.Protocol -------------------------------------------------------
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._unsent.clear()
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
+                                            f"({describe(error)})"))
+            self._close_socket()
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._loop.remove_writer(self._fd)
+            if self._flushed is not None and not self._flushed.done():
+                self._flushed.set_result(None)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+    def _close_socket(self) -> None:
+        """Stop watching the socket and close it (once)."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._unsent.clear()
+        sock.close()
+        if self._flushed is not None and not self._flushed.done():
+            self._flushed.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def _received(self, data: bytes) -> None:
         if self._lost is not None:
             return
-        self.last_received = asyncio.get_running_loop().time()
+        self.last_received = self._loop.time()
         try:
             for message in self._framer.feed(data):
                 self._dispatch(message)
@@ -198,19 +268,6 @@ class Connection(asyncio.Protocol):
         except Exception as error:  # pending calls must never hang on a bug
             self._log.exception("unexpected error handling a message")
             self._refuse(OvsdbProtocolError(self.remote, f"unexpected error: {error!r}"))
-
-    def eof_received(self) -> bool:
-        self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the server"))
-        return False
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if error is None:
-            self._lose(OvsdbConnectionError(f"{self.remote}: connection closed"))
-        else:
-            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
-                                            f"({describe(error)})"))
-        if not self._closed.done():
-            self._closed.set_result(None)
 
     # -- messages ---------------------------------------------------------------
 
@@ -269,12 +326,37 @@ class Connection(asyncio.Protocol):
             self._log.debug("--> %.500s", message)
         return encode(message)
 
+    def _encode_with(self, request: Request, request_id: RequestId) -> bytes:
+        """A request whose params are JSON already, framed the way :func:`encode` would."""
+        assert request.encoded_params is not None
+        if self._debug:
+            self._log.debug("--> %.500s", {"method": request.method, "params": request.params,
+                                           "id": request_id})
+        return b"".join((b'{"method":', encode_json(request.method), b',"params":',
+                         request.encoded_params, b',"id":', encode_json(request_id), b"}"))
+
     def _send(self, message: dict[str, Any]) -> None:
         self._write(self._encode(message))
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        """Send ``data`` now, or what the kernel does not take once the socket is writable."""
+        sock = self._sock
+        if sock is None or self._lost is not None:
+            return
+        if self._unsent:
+            self._unsent += data
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
+                                            f"({describe(error)})"))
+            return
+        if sent < len(data):
+            self._unsent += data[sent:]
+            self._loop.add_writer(self._fd, self._on_writable)
 
     def _refuse(self, reason: OvsdbError) -> None:
         self._log.error("closing the connection: %s", reason)
@@ -289,10 +371,11 @@ class Connection(asyncio.Protocol):
                 pending.future.set_exception(OvsdbConnectionError(
                     f"{self.remote}: connection lost while waiting for the reply to "
                     f"{pending.method} ({_cause(reason)})"))
-        if self._transport is not None:
-            self._transport.close()
-        elif not self._closed.done():
-            self._closed.set_result(None)
+        if self._flushed is None:
+            # Nothing of ours is waiting to go out (or the peer is gone): close now.
+            self._close_socket()
+        else:
+            self._loop.remove_reader(self._fd)  # nothing more is read; the flush goes on
         self._on_lost(self, reason)
 
 

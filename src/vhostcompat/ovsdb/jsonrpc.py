@@ -57,6 +57,11 @@ def encode(message: dict[str, Any]) -> bytes:
     return _ENCODER.encode(message).encode()
 
 
+def encode_json(value: Any) -> bytes:
+    """Any JSON value, compact, as :func:`encode` writes it inside a message."""
+    return _ENCODER.encode(value).encode()
+
+
 def _loads(raw: bytes | bytearray) -> Any:
     """JSON of UTF-8 bytes (one decoder for every message: json.loads builds one per call)."""
     return _DECODER.decode(raw.decode("utf-8"))

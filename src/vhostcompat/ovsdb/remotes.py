@@ -12,17 +12,21 @@ are refused with a reason, as is anything else that does not parse.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import ipaddress
-from collections.abc import Callable
+import socket
 from dataclasses import dataclass
-from typing import TypeVar
 
 from vhostcompat.ovsdb.errors import OvsdbRemoteError
 
 ACTIVE_SCHEMES = ("unix:", "tcp:")
 OTHER_SCHEMES = ("ssl:", "punix:", "ptcp:", "pssl:")
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+# A Unix listener whose backlog is full refuses a non-blocking connect with
+# EAGAIN (nothing is queued): try again, this soon at first, doubling.
+BACKLOG_RETRY_FIRST = 0.001
+BACKLOG_RETRY_MAX = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,45 @@ class Remote:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp:{host}:{self.port}"
 
-    async def connect(self, factory: Callable[[], P]) -> P:
-        """Connect to this remote with an asyncio protocol from ``factory``."""
-        loop = asyncio.get_running_loop()
+    async def open_socket(self) -> socket.socket:
+        """A connected non-blocking socket to this remote (bound by the caller's timeout).
+
+        A Unix socket connects at once when the server listens (one system
+        call, no event-loop step); a full backlog is retried with a short
+        doubling backoff. A TCP socket connects through the event loop, with
+        Nagle off (every OVSDB message is one write, answered before the next).
+        """
         if self.scheme == "unix":
-            _, protocol = await loop.create_unix_connection(factory, self.path)
-        else:
-            _, protocol = await loop.create_connection(factory, self.host, self.port)
-        return protocol
+            return await _connect_unix(self.path)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.get_running_loop().sock_connect(sock, (self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+async def _connect_unix(path: str) -> socket.socket:
+    delay = BACKLOG_RETRY_FIRST
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError as error:
+            sock.close()
+            if error.errno != errno.EAGAIN:
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)  # a retry backoff, bounded by the caller's timeout
+        delay = min(delay * 2, BACKLOG_RETRY_MAX)
 
 
 def looks_like_remote(address: str) -> bool:
@@ -97,6 +132,11 @@ def _parse_tcp(text: str, rest: str) -> Remote:
 
 def parse_remotes(text: str) -> tuple[Remote, ...]:
     """A comma-separated list of members, in the order given; duplicates refused."""
+    return _parse_remotes(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet query parses each host's remote more than once
+def _parse_remotes(text: str) -> tuple[Remote, ...]:
     if not text or not text.strip():
         raise OvsdbRemoteError(text, "empty remote")
     remotes = tuple(parse_remote(member) if member.strip() else _empty_member(text)

@@ -48,6 +48,10 @@ class ColumnType:
 
     def decode(self, data: object) -> DecodedValue:
         """The column's Python shape: an atom, a frozenset or a dict, atoms type-checked."""
+        if self.key == "string" and self.value == "string":
+            strings = _string_map(data)
+            if strings is not None:
+                return strings
         value = decode_value(data)
         if self.is_map:
             if not isinstance(value, dict):
@@ -85,6 +89,19 @@ class ColumnType:
         expected = BASE_TYPES.get(base, object)
         if not isinstance(atom, expected) or (base != "boolean" and isinstance(atom, bool)):
             raise ValueShapeError(f"expected a {base}, got {atom!r}")
+
+
+def _string_map(data: object) -> dict[Atom, Atom] | None:
+    """The usual shape of a string-to-string map (external_ids, options, status), decoded
+    in one pass; None for anything else, which the general decoding then explains."""
+    if not (type(data) is list and len(data) == 2 and data[0] == "map"
+            and type(data[1]) is list):
+        return None
+    pairs = data[1]
+    if all(type(pair) is list and len(pair) == 2 and type(pair[0]) is str
+           and type(pair[1]) is str for pair in pairs):
+        return dict(pairs)
+    return None
 
 
 def _base_type(data: object) -> str:
