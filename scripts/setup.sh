@@ -58,6 +58,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
 fi
+# Byte-compile the tree: an editable install compiles nothing, and where
+# PYTHONDONTWRITEBYTECODE is set (as on CI machines) every `vhostcompat`
+# process (a proxy child, the agent, each command) would compile every module
+# again on start: 0.75 s against 0.5 s for `vhostcompat --version` here.
+# Python checks each .pyc against its source, so a stale one is never used.
+.venv/bin/python -m compileall -q src >/dev/null
 
 # QEMU 10.0 (bookworm-backports) beside the installed 7.2, unpacked privately by
 # scripts/qemu10.sh, which leaves a wrapper in .venv/bin (see FIELD-NOTES).

@@ -23,7 +23,7 @@ import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from vhostcompat import __version__
 from vhostcompat.errors import VhostCompatError
@@ -44,6 +44,24 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vhostcompat.cli.fleet_commands",
 )
 
+# Which module registers each command: a command imports only its own module
+# (all of them cost half a second at start-up here; `versions` needs a few).
+# A test checks this against what the modules register.
+COMMANDS: Mapping[str, str] = {
+    command: f"vhostcompat.cli.{module}"
+    for module, commands in (
+        ("catalog_commands", ("profiles", "profile", "qemu-args", "libvirt-xml")),
+        ("host_commands", ("record", "publish", "assign")),
+        ("manager_commands", ("versions", "select", "baseline", "provision",
+                              "check-migration", "targets", "matrix")),
+        ("demo_command", ("demo",)),
+        ("backend_commands", ("backend", "probe")),
+        ("proxy_commands", ("proxy", "proxy-status")),
+        ("libvirt_commands", ("libvirt-hook",)),
+        ("agent_command", ("agent",)),
+        ("fleet_commands", ("fleet",)))
+    for command in commands}
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -54,7 +72,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv``, only what its command needs is imported."""
     parser = _Parser(
         prog="vhostcompat",
         description="vhost-user compatibility versions for live migration.",
@@ -66,14 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
                                        parser_class=_Parser)
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if argv is None else modules_for(argv):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def modules_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command modules ``argv`` needs: its command's, or every one (for the
+    top-level help, or to list the commands when the one given is unknown)."""
+    for argument in argv:
+        if argument in ("-h", "--help"):
+            break
+        if not argument.startswith("-"):
+            module = COMMANDS.get(argument)
+            return COMMAND_MODULES if module is None else (module,)
+    return COMMAND_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="vhostcompat: %(name)s: %(levelname)s: %(message)s",
