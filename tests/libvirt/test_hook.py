@@ -11,7 +11,7 @@ from tests.helpers import run_bounded
 from tests.libvirt.conftest import FC26, MAC, MAC2, V26, V27, domain_xml
 from vhostcompat.errors import HostError, InputError
 from vhostcompat.features import VirtioFeature
-from vhostcompat.hoststore import HostStore, open_host
+from vhostcompat.hoststore import HostStore, ModeWrite, open_host
 from vhostcompat.libvirt import hook
 from vhostcompat.libvirt.domain import DomainXmlError
 from vhostcompat.libvirt.hook import HookCall, HookDecision, HookRefusal, HookUsageError
@@ -161,14 +161,14 @@ def test_a_missing_store_is_a_host_error(tmp_path: Path) -> None:
         admit(domain_xml(InterfaceMetadata(MAC, V26)), str(tmp_path / "nowhere"))
 
 
-class FailingSecondAssign:
-    """A host store whose second assign fails, as a full disk would."""
+class FailingSecondWrite:
+    """A host store whose second mode write fails, as a full disk would."""
 
     def __init__(self, store: HostStore) -> None:
         self.store = store
-        self.assigns = 0
+        self.writes = 0
 
-    async def __aenter__(self) -> FailingSecondAssign:
+    async def __aenter__(self) -> FailingSecondWrite:
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -177,19 +177,31 @@ class FailingSecondAssign:
     async def read(self) -> object:
         return await self.store.read()
 
-    async def assign(self, interface: str, version: str) -> None:
-        self.assigns += 1
-        if self.assigns == 2:
+    async def write_mode(self, change: ModeWrite) -> None:
+        self.writes += 1
+        if self.writes == 2:
             raise HostError("disk full")
-        await self.store.assign(interface, version)
+        await self.store.write_mode(change)
 
 
 def test_a_write_that_fails_half_way_puts_back_what_was_written(
         new_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
     admit(domain_xml(InterfaceMetadata(MAC, V26, "vhu0")), new_host)
-    monkeypatch.setattr(hook, "open_host", lambda address: FailingSecondAssign(
+    monkeypatch.setattr(hook, "open_host", lambda address: FailingSecondWrite(
         open_host(address)))
     with pytest.raises(HostError, match="disk full"):
         admit(domain_xml(InterfaceMetadata(MAC, V27, "vhu0"),
                          InterfaceMetadata(MAC2, V27, "vhu1")), new_host)
     assert modes(new_host) == {"vhu0": V26}
+
+
+def test_a_half_way_failure_leaves_an_interface_that_had_no_mode_without_one(
+        new_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = snapshot(Path(new_host))
+    monkeypatch.setattr(hook, "open_host", lambda address: FailingSecondWrite(
+        open_host(address)))
+    with pytest.raises(HostError, match="disk full"):
+        admit(domain_xml(InterfaceMetadata(MAC, V27, "vhu0"),
+                         InterfaceMetadata(MAC2, V27, "vhu1")), new_host)
+    assert modes(new_host) == {}
+    assert snapshot(Path(new_host)) == before

@@ -44,7 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vhostcompat.errors import InputError, VhostCompatError
-from vhostcompat.hoststore import EmbeddedHostStore, HostRecord, HostStore, open_host
+from vhostcompat.hoststore import (
+    NO_MODE,
+    EmbeddedHostStore,
+    HostRecord,
+    HostStore,
+    ModeState,
+    ModeWrite,
+    open_host,
+)
 from vhostcompat.libvirt.domain import (
     VhostUserInterface,
     domain_name,
@@ -181,23 +189,25 @@ def judge(name: str, record: HostRecord, named: Sequence[tuple[InterfaceMetadata
 
 async def _write_modes(store: HostStore, record: HostRecord,
                        admissions: Sequence[Admission]) -> tuple[str, ...]:
-    """Assign every mode that differs; on a failure, put back the ones already written."""
-    written: list[str] = []
+    """Write every mode that differs, each conditional on what was read; on a failure,
+    undo the ones already written, newest first (each undo conditional on what it
+    wrote, as ``provision``'s are): an interface that had no mode has none again."""
+    done: list[ModeWrite] = []
     try:
         for admission in admissions:
             current = record.interfaces.get(admission.iface)
-            if current is not None and current.version == admission.mode:
+            before = current.mode_state if current is not None else NO_MODE
+            if before.mode == admission.mode:
                 continue
-            await store.assign(admission.iface, admission.mode)
-            written.append(admission.iface)
+            write = ModeWrite(admission.iface, before, ModeState(admission.mode))
+            await store.write_mode(write)
+            done.append(write)
     except VhostCompatError:
-        for iface in written:
-            previous = record.interfaces.get(iface)
-            if previous is not None and previous.version is not None:
-                with contextlib.suppress(VhostCompatError):
-                    await store.assign(iface, previous.version)
+        for write in reversed(done):
+            with contextlib.suppress(VhostCompatError):
+                await store.write_mode(write.inverse(None, None))
         raise
-    return tuple(written)
+    return tuple(write.interface for write in done)
 
 
 async def admit_domain(xml: bytes, address: str, catalog: CatalogLoader | None = None,
