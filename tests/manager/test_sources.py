@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import os
 from collections.abc import AsyncIterator
@@ -73,6 +74,27 @@ def test_a_silent_host_times_out_and_the_others_answer(short_dir: Path) -> None:
                                      records=manager.HostStores(timeout=0.3))
 
     run(scenario())
+
+
+def test_the_cycle_collector_is_off_only_while_hosts_are_asked(short_dir: Path) -> None:
+    catalog = write_catalog(short_dir)
+    hosts = [str(short_dir / f"host{index}") for index in range(3)]
+    run(publish_modes(catalog, {host: [SMALL] for host in hosts}))
+    seen: list[bool] = []
+
+    def progress(address: str, done: int, total: int) -> None:
+        seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    report = run(manager.versions(hosts, progress=progress))
+    assert len(report.hosts) == 3 and seen == [False] * 3
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run(manager.versions(hosts))
+        assert not gc.isenabled()  # a caller's choice is left as it was
+    finally:
+        gc.enable()
 
 
 def test_bad_options_and_addresses_are_refused_before_asking() -> None:

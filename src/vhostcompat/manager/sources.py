@@ -17,7 +17,9 @@ malformed address) is refused as a whole before anything is asked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -181,8 +183,28 @@ class HostStores:
                 progress(address, done, len(addresses))
             return result
 
-        results = await asyncio.gather(*(one(address) for address in addresses))
+        with _collector_paused():
+            results = await asyncio.gather(*(one(address) for address in addresses))
         return dict(zip(addresses, results, strict=True))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while the hosts are asked (on again after, unless
+    the caller had it off).
+
+    A fan-out allocates a few hundred objects per host, all freed by their
+    reference counts; with 200 hosts that set off a dozen collections of the
+    whole heap, 7-10 % of the fan-out's time here. What it allocates is
+    bounded by the hosts asked, so nothing piles up meanwhile.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class HostTimeoutError(HostError):
