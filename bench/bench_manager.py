@@ -19,6 +19,9 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
   conditional, not all or nothing: the cheapest a script can be). The
   pinned version alternates between rounds so every round writes.
 
+Each pair runs in the other order every other round, so that neither side
+always runs right after the other's 200 process starts and writes.
+
 Then ``targets`` over ``--targets`` hosts of published data built in
 memory (five publication patterns, as a real fleet has few; two of them
 cannot take the guest), from records
@@ -30,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +159,21 @@ async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
             for round_number in range(repeat):
                 version = VERSIONS[round_number % 2]
                 other = VERSIONS[(round_number + 1) % 2]
-                variants: list[tuple[str, Awaitable[object]]] = [
-                    ("select/manager", manager.select(remotes)),
-                    ("select/ovs-vsctl", vsctl_select(servers)),
-                    ("provision/manager", manager.provision(remotes, IFACE, version)),
-                    ("provision/ovs-vsctl", vsctl_provision(servers, other))]
-                for name, call in variants:
-                    samples[name].append(await timed(call))
+                selects: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                    ("select/manager", lambda: manager.select(remotes)),
+                    ("select/ovs-vsctl", lambda: vsctl_select(servers))]
+                provisions: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                    ("provision/manager",
+                     functools.partial(manager.provision, remotes, IFACE, version)),
+                    ("provision/ovs-vsctl", functools.partial(vsctl_provision, servers, other))]
+                if round_number % 2:
+                    # Each pair in the other order every other round, so that neither
+                    # side always follows 200 process starts; the versions alternate
+                    # with it, so every provision really changes every host.
+                    selects.reverse()
+                    provisions.reverse()
+                for name, call in (*selects, *provisions):
+                    samples[name].append(await timed(call()))
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     for verb in ("select", "provision"):
         result[f"{verb}/ratio"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
