@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import run_bounded
 from tests.ovsdb.helpers import add_vhost_port, require_ovsdb
-from vhostcompat.hoststore import open_host
+from vhostcompat.hoststore import HostRecord, open_host
 from vhostcompat.hoststore.ovsdb import KNOWN_COLUMNS, KNOWN_SCHEMA, REQUIRED_COLUMNS
 from vhostcompat.lab.ovsdb import run_ovsdb_server
 from vhostcompat.ovsdb import Insert, OvsdbError, OvsdbSchemaError, connect
@@ -78,6 +78,38 @@ def test_the_store_reads_without_get_schema_naming_exactly_its_columns(
     assert first[0] == "Open_vSwitch"
     checks = {op["table"]: tuple(op["columns"]) for op in first[1:1 + len(REQUIRED_COLUMNS)]}
     assert checks == dict(REQUIRED_COLUMNS)
+
+
+def test_a_read_without_interfaces_asks_only_the_open_vswitch_row(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What versions and select read: one select after the checks, no Interface rows."""
+    require_ovsdb()
+    sent: list[dict[str, Any]] = []
+    write = Connection._write
+
+    def recording(connection: Connection, data: bytes) -> None:
+        sent.extend(MessageReader().feed(data))
+        write(connection, data)
+
+    async def scenario() -> tuple[HostRecord, HostRecord]:
+        async with run_ovsdb_server(short_dir, "db") as server:
+            await add_vhost_port(server)
+            await server.vsctl("set", "Open_vSwitch", ".",
+                               "external_ids:vhost-compat-versions=v1")
+            await server.vsctl("set", "Interface", "vhu0", "options:vhost-compat-version=v1")
+            monkeypatch.setattr(Connection, "_write", recording)
+            async with open_host(server.remote) as store:
+                published = await store.read(interfaces=False)
+            monkeypatch.setattr(Connection, "_write", write)
+            async with open_host(server.remote) as store:
+                return published, await store.read()
+
+    published, whole = run_bounded(scenario(), 60.0)
+    assert published.versions == whole.versions == ("v1",)
+    assert published.interfaces == {} and set(whole.interfaces) == {"vhu0"}
+    [request] = sent
+    reads = request["params"][1 + len(REQUIRED_COLUMNS):]
+    assert [(op["op"], op["table"]) for op in reads] == [("select", "Open_vSwitch")]
 
 
 def test_servers_that_lack_what_the_store_uses_are_refused_by_name(short_dir: Path) -> None:

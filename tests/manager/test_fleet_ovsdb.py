@@ -148,8 +148,9 @@ class AfterRead:
     inner: manager.HostStores = field(default_factory=manager.HostStores)
 
     async def gather(self, addresses: Sequence[str],
-                     progress: manager.ProgressCallback | None = None) -> manager.Gathered:
-        gathered = await self.inner.gather(addresses, progress)
+                     progress: manager.ProgressCallback | None = None, *,
+                     interfaces: bool = True) -> manager.Gathered:
+        gathered = await self.inner.gather(addresses, progress, interfaces=interfaces)
         await self.then()
         return gathered
 

@@ -56,12 +56,14 @@ class FleetRecords:
         return FleetSession(self.address, timeout=self.timeout, failover=self.failover)
 
     async def gather(self, addresses: Sequence[str],
-                     progress: ProgressCallback | None = None) -> Gathered:
+                     progress: ProgressCallback | None = None, *,
+                     interfaces: bool = True) -> Gathered:
         names = check_addresses(addresses)
         for name in names:
             check_host_name(name)
         async with self.session() as session:
-            view = await read_fleet(session, names, interfaces=self.interfaces,
+            view = await read_fleet(session, names,
+                                    interfaces=self.interfaces if interfaces else (),
                                     stale_after=self.stale_after)
         failures: dict[str, HostFailure] = {}
         for name in view.unknown:

@@ -36,7 +36,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vhostcompat.hoststore.model import (
@@ -132,8 +132,9 @@ class EmbeddedHostStore(HostStore):
         self.path = self.directory / HOST_FILE
         self.lock_timeout = lock_timeout
 
-    async def read(self) -> HostRecord:
-        return self._load().record(self.address)
+    async def read(self, *, interfaces: bool = True) -> HostRecord:
+        record = self._load().record(self.address)
+        return record if interfaces else replace(record, interfaces={})
 
     async def publish(self, profiles: Sequence[CompatProfile]) -> HostRecord:
         published_external_ids({}, profiles)  # refuses bad input before any file is touched

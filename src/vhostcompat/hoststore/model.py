@@ -294,8 +294,12 @@ class HostStore(abc.ABC):
         self.address = address
 
     @abc.abstractmethod
-    async def read(self) -> HostRecord:
-        """Everything the host publishes; :class:`HostError` if missing or unreadable."""
+    async def read(self, *, interfaces: bool = True) -> HostRecord:
+        """Everything the host publishes; :class:`HostError` if missing or unreadable.
+
+        ``interfaces=False``: its published versions and profiles only, no
+        interface records (what ``versions`` and ``select`` need: an OVSDB
+        host then answers one ``select`` instead of two)."""
 
     @abc.abstractmethod
     async def publish(self, profiles: Sequence[CompatProfile]) -> HostRecord:

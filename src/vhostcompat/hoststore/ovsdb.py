@@ -180,18 +180,23 @@ class OvsdbHostStore(HostStore):
             return None
         return rows[0]
 
-    async def read(self) -> HostRecord:
-        root_rows, interface_rows = await self._read_selects(
-            Select(ROOT_TABLE, (), ROOT_COLUMNS), Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
+    async def read(self, *, interfaces: bool = True) -> HostRecord:
+        if not interfaces:
+            [root_rows] = await self._read_selects(Select(ROOT_TABLE, (), ROOT_COLUMNS))
+            interface_rows: list[DecodedRow] = []
+        else:
+            root_rows, interface_rows = await self._read_selects(
+                Select(ROOT_TABLE, (), ROOT_COLUMNS),
+                Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
         root = self._root(root_rows)
         assert root is not None
-        interfaces: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        rows: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         statuses: dict[str, dict[str, str]] = {}
         for row in interface_rows:
             name = str(row["name"])
-            interfaces[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
+            rows[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
             statuses[name] = _string_map(row["status"])
-        return record_from_rows(self.address, _string_map(root["external_ids"]), interfaces,
+        return record_from_rows(self.address, _string_map(root["external_ids"]), rows,
                                 statuses)
 
     # -- writes -----------------------------------------------------------------

@@ -121,7 +121,7 @@ class VersionsReport:
 async def versions(addresses: Sequence[str], *, records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> VersionsReport:
     """Each host's versions; a host that cannot be read is listed with its reason."""
-    gathered = await default_source(records).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress, interfaces=False)
     return VersionsReport(tuple(gathered.records[address] for address in gathered.addresses
                                 if address in gathered.records),
                           tuple(gathered.failure_list()))
@@ -199,7 +199,7 @@ async def select(addresses: Sequence[str], prefer: str | None = None, *,
                  records: RecordSource | None = None,
                  progress: ProgressCallback | None = None) -> SelectionReport:
     """Select for every host a VM may run on; :class:`FleetError` if one cannot be read."""
-    gathered = await default_source(records).gather(addresses, progress)
+    gathered = await default_source(records).gather(addresses, progress, interfaces=False)
     return select_from_records(gathered.require_all("select"), prefer)
 
 
@@ -230,7 +230,8 @@ async def baseline(addresses: Sequence[str], version: str, description: str = ""
                    records: RecordSource | None = None,
                    progress: ProgressCallback | None = None) -> BaselineReport:
     """The intersection of the hosts' offers (each host's first published profile)."""
-    gathered: Gathered = await default_source(records).gather(addresses, progress)
+    gathered: Gathered = await default_source(records).gather(addresses, progress,
+                                                              interfaces=False)
     hosts = gathered.require_all("baseline")
     offers: list[tuple[str, CompatProfile]] = []
     for host in hosts:

@@ -107,7 +107,10 @@ class RecordSource(Protocol):
     """Gathers host records and carries conditional writes to the hosts."""
 
     async def gather(self, addresses: Sequence[str],
-                     progress: ProgressCallback | None = None) -> Gathered: ...
+                     progress: ProgressCallback | None = None, *,
+                     interfaces: bool = True) -> Gathered:
+        """Every host's record (``interfaces=False``: without interface records, see
+        :meth:`HostStore.read <vhostcompat.hoststore.HostStore.read>`)."""
 
     async def write(self, changes: Mapping[str, ModeWrite],
                     progress: ProgressCallback | None = None,
@@ -133,14 +136,15 @@ class HostStores:
             raise InputError(f"timeout must be in (0, 3600] seconds, not {self.timeout:g}")
 
     async def gather(self, addresses: Sequence[str],
-                     progress: ProgressCallback | None = None) -> Gathered:
+                     progress: ProgressCallback | None = None, *,
+                     interfaces: bool = True) -> Gathered:
         ordered = check_addresses(addresses)
         # A malformed address is bad input, refused before any I/O.
         stores = {address: open_host(address) for address in ordered}
 
         async def read(address: str) -> HostRecord:
             async with stores[address] as store:
-                return await store.read()
+                return await store.read(interfaces=interfaces)
 
         outcomes = await self._fan_out(ordered, read, progress)
         records = {address: value for address, value in outcomes.items()
