@@ -20,7 +20,10 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
   pinned version alternates between rounds so every round writes.
 
 Each pair runs in the other order every other round, so that neither side
-always runs right after the other's 200 process starts and writes.
+always runs right after the other's 200 process starts and writes, and the
+file systems are synced (untimed) before each variant: every ovsdb-server
+writes its database file on each commit, and a variant that ran while the
+other's 200 commits were still being flushed took twice as long.
 
 Then ``targets`` over ``--targets`` hosts of published data built in
 memory (five publication patterns, as a real fleet has few; two of them
@@ -35,6 +38,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -173,6 +177,10 @@ async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
                     selects.reverse()
                     provisions.reverse()
                 for name, call in (*selects, *provisions):
+                    # Each ovsdb-server writes its database file on every commit:
+                    # the other side's 200 commits must not still be flushing
+                    # while this one runs (untimed).
+                    await asyncio.to_thread(os.sync)
                     samples[name].append(await timed(call()))
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     for verb in ("select", "provision"):
