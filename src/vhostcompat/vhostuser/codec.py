@@ -65,6 +65,12 @@ _SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Ro
             (BackendRequest, False): Role.BACKEND, (BackendRequest, True): Role.FRONTEND}
 
 
+def sender_of(request: Request, reply: bool) -> Role:
+    """Who sends ``request`` (``reply=False``) or its reply: the channel's requester,
+    or its peer."""
+    return _SENDERS[type(request), reply]
+
+
 def header_flags(raw: int) -> HeaderFlags:
     """``HeaderFlags(raw)``, from a cache (a peer may send at most 2**32 words: bounded
     below by keeping only the first few)."""
@@ -109,7 +115,7 @@ class Message:
     @property
     def sender(self) -> Role:
         """Who sends this message: the channel's requester, or its peer for a reply."""
-        return _SENDERS[type(self.request), bool(_int_and(self.flags, _REPLY))]
+        return sender_of(self.request, bool(_int_and(self.flags, _REPLY)))
 
     def __str__(self) -> str:
         marks = (" reply" if self.is_reply else "") + (" need_reply" if self.need_reply else "")
