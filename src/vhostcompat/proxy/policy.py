@@ -145,7 +145,7 @@ class ProxyPolicy:
             return Offer(request, backend, self.queue_num(backend))
         raise ValueError(f"{request.name} is not an answer the mode changes")
 
-    @property
+    @functools.cached_property
     def max_rings(self) -> int | None:
         """Ring indices the mode allows (two per queue pair; QEMU keeps the
         control queue to itself), or None when the profile sets no limit."""
@@ -176,7 +176,7 @@ class ProxyPolicy:
     def check(self, message: Message, session: Session) -> Refusal | None:
         """The mode's verdict on a front-end request, before the session sees it."""
         request = message.request
-        if not isinstance(request, FrontendRequest) or message.is_reply:
+        if type(request) is not FrontendRequest or message.is_reply:
             return None
         payload = message.payload
         if request is FrontendRequest.SET_FEATURES and isinstance(payload, U64):
@@ -186,10 +186,9 @@ class ProxyPolicy:
                                                 ProtocolFeature(payload.value))
         if request in RING_REQUESTS:
             index = payload.ring_index
-            if index is not None:
-                refusal = self.check_ring_index(request, index)
-                if refusal is not None:
-                    return refusal
+            limit = self.max_rings
+            if index is not None and limit is not None and index >= limit:
+                return self.check_ring_index(request, index)
             if request is FrontendRequest.SET_VRING_NUM and isinstance(payload, VringState):
                 return self.check_ring_size(payload.index, payload.num)
         return None

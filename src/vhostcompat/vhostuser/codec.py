@@ -26,26 +26,28 @@ import logging
 import os
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
 from vhostcompat.vhostuser.errors import LocalMessageError, PayloadError, RemoteMessageError
 from vhostcompat.vhostuser.payloads import EMPTY, MAX_PAYLOAD_SIZE, U64, Payload
 from vhostcompat.vhostuser.requests import (
+    BACKEND_SPECS,
+    FRONTEND_SPECS,
     HEADER_SIZE,
     MAX_FDS,
     VERSION_MASK,
     BackendRequest,
     Channel,
+    FdKind,
     FrontendRequest,
     HeaderFlags,
     PayloadRule,
     Request,
     RequestSpec,
     Role,
-    lookup,
     spec_for,
 )
 
@@ -211,12 +213,47 @@ class _FdChunk:
     fds: list[int]
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
+class _Header(NamedTuple):
+    """A header that passed its checks, with the payload rule its size selected."""
+
     request: Request
     flags: HeaderFlags
     size: int
+    rule: PayloadRule
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoding:
+    """What the decoder needs of one request code on its channel and direction."""
+
+    spec: RequestSpec
     rules: tuple[PayloadRule, ...]
+    # Size -> the first rule that allows it, when every rule has exact sizes
+    # (nearly all requests: one dict lookup instead of trying each rule).
+    by_size: Mapping[int, PayloadRule] | None
+
+    @classmethod
+    def of(cls, spec: RequestSpec, reply: bool) -> _Decoding:
+        rules = rules_for(spec, reply)
+        if not all(rule.payload.SIZE.exact for rule in rules):
+            return cls(spec, rules, None)
+        by_size: dict[int, PayloadRule] = {}
+        for rule in rules:
+            for size in sorted(rule.payload.SIZE.exact):
+                by_size.setdefault(size, rule)
+        return cls(spec, rules, by_size)
+
+    def rule_for(self, size: int) -> PayloadRule | None:
+        if self.by_size is not None:
+            return self.by_size.get(size)
+        return _rule_for_size(self.rules, size)
+
+
+# Per channel and direction (replies or not): request code -> its decoding.
+_DECODINGS: dict[tuple[Channel, bool], Mapping[int, _Decoding]] = {
+    (channel, reply): {code: _Decoding.of(spec, reply) for code, spec in (
+        FRONTEND_SPECS if channel is Channel.FRONTEND else BACKEND_SPECS).items()}
+    for channel in Channel for reply in (False, True)}
 
 
 class Decoder:
@@ -237,6 +274,7 @@ class Decoder:
         self.sender = sender
         # Replies flow from the peer of the channel's requester.
         self.replies = sender is not channel.requester
+        self._decodings = _DECODINGS[channel, self.replies]
         self._buffer = bytearray()
         self._offset = 0  # stream position of self._buffer[0]
         self._chunks: deque[_FdChunk] = deque()
@@ -262,7 +300,7 @@ class Decoder:
         The decoder owns ``fds`` from now on: they go out in a message or get
         closed. A broken or closed decoder closes them and raises.
         """
-        checked = _check_fds(fds)
+        checked = _check_fds(fds) if fds else ()
         if self._error is not None:
             close_fds(checked)
             raise self._error
@@ -281,33 +319,39 @@ class Decoder:
         """The next complete message, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error
+        buffer = self._buffer
         header = self._header
         if header is None:
-            if len(self._buffer) < HEADER_SIZE:
+            if len(buffer) < HEADER_SIZE:
                 return None
             header = self._header = self._parse_header()
-        end = HEADER_SIZE + header.size
-        if len(self._buffer) < end:
+        request, flags, size, rule = header
+        end = HEADER_SIZE + size
+        available = len(buffer)
+        if available < end:
             return None
-        wire = bytes(self._buffer[:end])
-        body = wire[HEADER_SIZE:]
-        fds = self._claim_fds(self._offset, self._offset + end, header.request)
+        # Most chunks hold exactly one message.
+        wire = bytes(buffer) if available == end else bytes(memoryview(buffer)[:end])
+        fds = self._claim_fds(self._offset, self._offset + end, request) if self._chunks \
+            else ()
         try:
-            rule = _rule_for_size(header.rules, header.size)
-            assert rule is not None  # the header was refused otherwise
-            payload = rule.payload.unpack(body)
-            problem = rule.fds.check(payload, len(fds))
+            payload = rule.payload.unpack(wire[HEADER_SIZE:])
+            problem = rule.fds.check(payload, len(fds)) if fds or \
+                rule.fds.kind is not FdKind.NONE else None
         except PayloadError as error:
             close_fds(fds)
-            self._fail(RemoteMessageError(str(error), request=header.request))
+            self._fail(RemoteMessageError(str(error), request=request))
         if problem is not None:
             close_fds(fds)
-            self._fail(RemoteMessageError(problem, request=header.request))
-        del self._buffer[:end]
+            self._fail(RemoteMessageError(problem, request=request))
+        if available == end:
+            buffer.clear()
+        else:
+            del buffer[:end]
         self._offset += end
         self._header = None
         self.last_wire = wire
-        return Message(header.request, payload, header.flags, fds)
+        return Message(request, payload, flags, fds)
 
     def __iter__(self) -> Iterator[Message]:
         while (message := self.next_message()) is not None:
@@ -344,23 +388,25 @@ class Decoder:
             self._fail(RemoteMessageError(
                 f"header version {raw_flags & VERSION_MASK} (flags {raw_flags:#x}), "
                 "expected 1"))
-        spec = lookup(self.channel, code)
-        if spec is None:
+        decoding = self._decodings.get(code)
+        if decoding is None:
             kind = "front-end" if self.channel is Channel.FRONTEND else "back-end"
             self._fail(RemoteMessageError(f"unknown {kind} request {code}"))
+        spec = decoding.spec
         if bool(raw_flags & _REPLY) != self.replies:
             expected = "replies" if self.replies else "requests"
             self._fail(RemoteMessageError(
                 f"the {self.sender.value} only sends {expected} on the "
                 f"{self.channel.value} socket (flags {raw_flags:#x})", request=spec.request))
-        rules = rules_for(spec, self.replies)
-        if size > MAX_PAYLOAD_SIZE or _rule_for_size(rules, size) is None:
+        rule = decoding.rule_for(size) if size <= MAX_PAYLOAD_SIZE else None
+        if rule is None:
             expected = " or ".join(
-                f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})" for rule in rules)
+                f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})"
+                for rule in decoding.rules)
             kind = "reply" if self.replies else "request"
             self._fail(RemoteMessageError(
                 f"{kind} payload size {size} does not fit {expected}", request=spec.request))
-        return _Header(spec.request, header_flags(raw_flags), size, rules)
+        return _Header(spec.request, header_flags(raw_flags), size, rule)
 
     def _claim_fds(self, start: int, end: int, request: Request) -> tuple[int, ...]:
         """The fds of the message occupying stream bytes [start, end)."""
