@@ -181,13 +181,17 @@ class FdConnection:
 
     async def recv(self, bufsize: int = RECV_SIZE) -> tuple[bytes, list[int]]:
         """Bytes and the fds that came with them; ``b""`` means the peer closed."""
-        if not self._receivers:
+        tried = not self._receivers
+        if tried:
             received = self._try_recv(bufsize)
             if received is not None:
                 return received
         self._receivers += 1
         try:
             async with self._recv_lock:
+                # Just tried (and nobody can have been ahead): wait before trying again.
+                if tried:
+                    await self._wait(readable=True)
                 while (received := self._try_recv(bufsize)) is None:
                     await self._wait(readable=True)
                 return received
