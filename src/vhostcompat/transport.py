@@ -46,6 +46,9 @@ RECV_SIZE = 65536
 # Room for exactly MAX_FDS fds: a peer sending more gets MSG_CTRUNC.
 _FD_ITEM = array.array("i").itemsize
 ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * _FD_ITEM)
+# Plain ints: ``int & socket.MSG_CTRUNC`` runs the IntFlag's Python operator.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -203,14 +206,14 @@ class FdConnection:
         self._check_open()
         try:
             data, ancdata, msg_flags, _ = self._sock.recvmsg(
-                bufsize, ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC)
+                bufsize, ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as error:
             raise TransportError(
                 f"{self.name}: receive failed: {error.strerror or error}") from error
         fds = _fds_from(ancdata) if ancdata else []
-        if msg_flags & socket.MSG_CTRUNC:
+        if msg_flags & _MSG_CTRUNC:
             # The kernel dropped the fds that did not fit; close the rest.
             close_fds(fds)
             raise FdTransferError(
@@ -245,7 +248,26 @@ class FdConnection:
         finally:
             self._senders -= 1
 
-    def _try_send(self, view: memoryview, fds: Sequence[int]) -> int:
+    @property
+    def sending(self) -> bool:
+        """Whether a :meth:`send` is waiting to finish (a new one would queue behind it)."""
+        return self._senders > 0
+
+    def send_nowait(self, data: bytes, fds: Sequence[int] = ()) -> int:
+        """Send what the socket takes now, without waiting: how many bytes (``fds``
+        went with the first, if any went). Only when no :meth:`send` is
+        :attr:`sending`: bytes must not overtake those."""
+        if self._senders:
+            raise TransportError(f"{self.name}: a send is still in progress")
+        if len(fds) > MAX_FDS:
+            raise TransportError(f"{self.name}: {len(fds)} fds (at most {MAX_FDS})")
+        if not data:
+            if fds:
+                raise TransportError(f"{self.name}: fds need at least one byte to travel with")
+            return 0
+        return self._try_send(data, fds)
+
+    def _try_send(self, view: bytes | memoryview, fds: Sequence[int]) -> int:
         """One ``sendmsg`` (``fds`` with its first byte); bytes sent, 0 if no room."""
         self._check_open()
         try:
@@ -656,7 +678,7 @@ class MessageConnection:
                 self.received += 1
                 # The next message gets its own time.
                 self._message_started = self._message_deadline = None
-                if self.log.isEnabledFor(logging.DEBUG):
+                if _log.isEnabledFor(logging.DEBUG):
                     self.log.debug("<-- %s", message)
                 return message
             if self._eof:
@@ -709,9 +731,17 @@ class MessageConnection:
         encoding it again.
         """
         data, fds = (wire, message.fds) if wire is not None else encode(message)
-        if self.log.isEnabledFor(logging.DEBUG):
+        if _log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
-        await self.connection.send(data, fds)
+        connection = self.connection
+        if not connection.sending:
+            # Room for it all, most of the time: no further coroutine.
+            sent = connection.send_nowait(data, fds)
+            if sent == len(data):
+                return
+            if sent:
+                data, fds = data[sent:], ()
+        await connection.send(data, fds)
 
     def close(self) -> None:
         """Close the socket and any fds the decoder still holds."""

@@ -337,7 +337,10 @@ class Relay:
                 self._expect_reply(message.request)
             # Unchanged (fds travel beside the bytes): the bytes as they came.
             wire = self._frontend.last_wire if outgoing.payload is message.payload else None
-            await self._send(self._backend, Side.BACKEND, outgoing, wire)
+            try:
+                await self._backend.send_message(outgoing, wire)
+            except TransportError as error:
+                _end(RelayOutcome.BACKEND_CLOSED, str(error))
         finally:
             if owned and outgoing.fds:
                 close_fds(outgoing.fds)
@@ -376,10 +379,9 @@ class Relay:
             f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
             "closing the front-end connection"))
 
-    async def _send(self, connection: MessageConnection, side: Side, message: Message,
-                    wire: bytes | None = None) -> None:
+    async def _send(self, connection: MessageConnection, side: Side, message: Message) -> None:
         try:
-            await connection.send_message(message, wire)
+            await connection.send_message(message)
         except TransportError as error:
             _end(_CLOSED[side], str(error))
 
@@ -408,7 +410,10 @@ class Relay:
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
             wire = self._backend.last_wire if outgoing is reply else None
-            await self._send(self._frontend, Side.FRONTEND, outgoing, wire)
+            try:
+                await self._frontend.send_message(outgoing, wire)
+            except TransportError as error:
+                _end(RelayOutcome.FRONTEND_CLOSED, str(error))
         finally:
             if owned and outgoing.fds:
                 close_fds(outgoing.fds)

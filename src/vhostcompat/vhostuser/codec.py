@@ -63,14 +63,14 @@ _int_and = int.__and__
 # The (few) flag words seen, as members: HeaderFlags(raw) is costly too.
 _FLAGS: dict[int, HeaderFlags] = {}
 # Who sends a request or its reply, by request type and reply bit.
-_SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
+SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
             (BackendRequest, False): Role.BACKEND, (BackendRequest, True): Role.FRONTEND}
 
 
 def sender_of(request: Request, reply: bool) -> Role:
     """Who sends ``request`` (``reply=False``) or its reply: the channel's requester,
     or its peer."""
-    return _SENDERS[type(request), reply]
+    return SENDERS[type(request), reply]
 
 
 def header_flags(raw: int) -> HeaderFlags:
@@ -255,6 +255,12 @@ _DECODINGS: dict[tuple[Channel, bool], Mapping[int, _Decoding]] = {
         FRONTEND_SPECS if channel is Channel.FRONTEND else BACKEND_SPECS).items()}
     for channel in Channel for reply in (False, True)}
 
+# Headers that passed the checks, by their three words, per channel and
+# direction: a peer repeats a few dozen; bounded, whatever it sends.
+_MAX_HEADERS = 256
+_HEADERS: dict[tuple[Channel, bool], dict[tuple[int, int, int], _Header]] = {
+    key: {} for key in _DECODINGS}
+
 
 class Decoder:
     """Turns a byte stream plus received fds into validated messages.
@@ -275,6 +281,7 @@ class Decoder:
         # Replies flow from the peer of the channel's requester.
         self.replies = sender is not channel.requester
         self._decodings = _DECODINGS[channel, self.replies]
+        self._headers = _HEADERS[channel, self.replies]
         self._buffer = bytearray()
         self._offset = 0  # stream position of self._buffer[0]
         self._chunks: deque[_FdChunk] = deque()
@@ -320,22 +327,24 @@ class Decoder:
         if self._error is not None:
             raise self._error
         buffer = self._buffer
+        available = len(buffer)
         header = self._header
         if header is None:
-            if len(buffer) < HEADER_SIZE:
+            if available < HEADER_SIZE:
                 return None
-            header = self._header = self._parse_header()
+            # A header seen before passes the same checks: look it up whole.
+            header = self._headers.get(_HEADER.unpack_from(buffer)) or self._parse_header()
         request, flags, size, rule = header
         end = HEADER_SIZE + size
-        available = len(buffer)
         if available < end:
+            self._header = header
             return None
         # Most chunks hold exactly one message.
         wire = bytes(buffer) if available == end else bytes(memoryview(buffer)[:end])
         fds = self._claim_fds(self._offset, self._offset + end, request) if self._chunks \
             else ()
         try:
-            payload = rule.payload.unpack(wire[HEADER_SIZE:])
+            payload = rule.payload.unpack_body(wire[HEADER_SIZE:])
             problem = rule.fds.check(payload, len(fds)) if fds or \
                 rule.fds.kind is not FdKind.NONE else None
         except PayloadError as error:
@@ -383,7 +392,9 @@ class Decoder:
         raise error
 
     def _parse_header(self) -> _Header:
-        code, raw_flags, size = _HEADER.unpack_from(self._buffer)
+        """Check the buffered header (the first time these three words are seen)."""
+        words = _HEADER.unpack_from(self._buffer)
+        code, raw_flags, size = words
         if raw_flags & VERSION_MASK != _VERSION_1:
             self._fail(RemoteMessageError(
                 f"header version {raw_flags & VERSION_MASK} (flags {raw_flags:#x}), "
@@ -406,7 +417,10 @@ class Decoder:
             kind = "reply" if self.replies else "request"
             self._fail(RemoteMessageError(
                 f"{kind} payload size {size} does not fit {expected}", request=spec.request))
-        return _Header(spec.request, header_flags(raw_flags), size, rule)
+        header = _Header(spec.request, header_flags(raw_flags), size, rule)
+        if len(self._headers) < _MAX_HEADERS:
+            self._headers[words] = header
+        return header
 
     def _claim_fds(self, start: int, end: int, request: Request) -> tuple[int, ...]:
         """The fds of the message occupying stream bytes [start, end)."""

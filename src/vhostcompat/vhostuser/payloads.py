@@ -110,6 +110,14 @@ class Payload:
 
     @classmethod
     def unpack(cls, data: bytes) -> Self:
+        """The payload these bytes hold; :class:`PayloadError` if they hold none."""
+        _check_size(cls, data)
+        return cls.unpack_body(data)
+
+    @classmethod
+    def unpack_body(cls, data: bytes) -> Self:
+        """:meth:`unpack` for bytes whose size :attr:`SIZE` allows (the decoder
+        checked it against the header before waiting for them)."""
         raise NotImplementedError
 
     @property
@@ -128,8 +136,7 @@ class Empty(Payload):
         return b""
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls()
 
     def __str__(self) -> str:
@@ -153,8 +160,7 @@ class U64(Payload):
         return _U64.pack(self.value)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(_U64.unpack(data)[0])
 
     def __str__(self) -> str:
@@ -183,8 +189,7 @@ class VringState(Payload):
         return _U32_PAIR.pack(self.index, self.num)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(*_U32_PAIR.unpack(data))
 
     @property
@@ -250,8 +255,7 @@ class VringAddress(Payload):
                                    self.available, self.log)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         index, flags, descriptor, used, available, log = _VRING_ADDRESS.unpack(data)
         return cls(index, VringAddressFlags(flags), descriptor, used, available, log)
 
@@ -279,8 +283,7 @@ class VringFile(Payload):
         return _U64.pack(self.index | (VRING_NOFD_MASK if self.invalid_fd else 0))
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         value: int = _U64.unpack(data)[0]
         if value & ~(VRING_INDEX_MASK | VRING_NOFD_MASK):
             raise PayloadError(f"reserved bits set in vring file value {value:#x}")
@@ -351,8 +354,7 @@ class MemoryTable(Payload):
             region.pack() for region in self.regions)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         count, padding = _U32_PAIR.unpack_from(data)
         if count > MAX_MEMORY_REGIONS:
             raise PayloadError(f"{count} memory regions (at most {MAX_MEMORY_REGIONS})")
@@ -385,8 +387,7 @@ class SingleMemoryRegion(Payload):
         return _U64.pack(self.padding) + self.region.pack()
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(MemoryRegion.unpack_from(data, 8), _U64.unpack_from(data)[0])
 
 
@@ -406,8 +407,7 @@ class LogDescription(Payload):
         return _LOG.pack(self.mmap_size, self.mmap_offset)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(*_LOG.unpack(data))
 
 
@@ -456,8 +456,7 @@ class IotlbMessage(Payload):
                            self.type, self.padding)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         iova, size, userspace_addr, permissions, kind, padding = _IOTLB.unpack(data)
         try:
             return cls(iova, size, userspace_addr, IotlbPermission(permissions),
@@ -490,8 +489,7 @@ class DeviceConfig(Payload):
         return _CONFIG_HEADER.pack(self.offset, len(self.data), self.flags) + self.data
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         offset, size, flags = _CONFIG_HEADER.unpack_from(data)
         body = bytes(data[_CONFIG_HEADER.size:])
         if size != len(body):
@@ -519,8 +517,7 @@ class VringArea(Payload):
         return _VRING_AREA.pack(value, self.size, self.offset)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         value, size, offset = _VRING_AREA.unpack(data)
         if value & ~(VRING_INDEX_MASK | VRING_NOFD_MASK):
             raise PayloadError(f"reserved bits set in vring area value {value:#x}")
@@ -559,8 +556,7 @@ class InflightDescription(Payload):
                               self.queue_size) + self.padding
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         mmap_size, mmap_offset, num_queues, queue_size = _INFLIGHT.unpack_from(data)
         return cls(mmap_size, mmap_offset, num_queues, queue_size, bytes(data[_INFLIGHT.size:]))
 
@@ -579,8 +575,7 @@ class SharedObject(Payload):
         return self.uuid
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(bytes(data))
 
     def as_uuid(self) -> UUID:
@@ -618,8 +613,7 @@ class DeviceStateTransfer(Payload):
         return _U32_PAIR.pack(self.direction, self.phase)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         direction, phase = _U32_PAIR.unpack(data)
         try:
             return cls(TransferDirection(direction), MigrationPhase(phase))
@@ -642,8 +636,7 @@ class DeviceStateResult(Payload):
         return _U64.pack(self.result | (VRING_NOFD_MASK if self.invalid_fd else 0))
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         value: int = _U64.unpack(data)[0]
         if value & ~(0xFF | VRING_NOFD_MASK):
             raise PayloadError(f"reserved bits set in device state result {value:#x}")
@@ -666,8 +659,7 @@ class RarpMac(Payload):
         return self.mac + self.padding
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(bytes(data[:6]), bytes(data[6:]))
 
     def __str__(self) -> str:
@@ -689,8 +681,7 @@ class OpaquePayload(Payload):
         return self.data
 
     @classmethod
-    def unpack(cls, data: bytes) -> Self:
-        _check_size(cls, data)
+    def unpack_body(cls, data: bytes) -> Self:
         return cls(bytes(data))
 
     def __str__(self) -> str:

@@ -44,7 +44,7 @@ from typing import TypeVar
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names, outside
-from vhostcompat.vhostuser.codec import Message, close_fds, sender_of
+from vhostcompat.vhostuser.codec import SENDERS, Message, close_fds
 from vhostcompat.vhostuser.errors import LocalMessageError, RemoteMessageError
 from vhostcompat.vhostuser.payloads import (
     MAX_CONFIG_SIZE,
@@ -324,11 +324,14 @@ class Session:
                                     ring=violation.ring) from None
 
     def _process(self, message: Message, sender: Role) -> bool:
-        plan = _plan(message.request)
-        reply = bool(_int_and(message.flags, _REPLY))
-        if sender_of(message.request, reply) is not sender:
-            kind = "reply" if reply else "request"
-            raise _Violation(f"a {sender.value} never sends this {kind} on the "
+        request = message.request
+        kind = type(request)
+        plan = (_FRONTEND_PLANS if kind is FrontendRequest else _BACKEND_PLANS)[request]
+        flags = message.flags
+        reply = bool(_int_and(flags, _REPLY))
+        if SENDERS[kind, reply] is not sender:
+            what = "reply" if reply else "request"
+            raise _Violation(f"a {sender.value} never sends this {what} on the "
                              f"{message.channel.value} socket")
         if reply:
             self._process_reply(message, plan)
@@ -337,10 +340,17 @@ class Session:
         rule = plan.rule
         if rule is not None:
             rule(self, message)
-        if self._reply_expected(message, plan):
+        # Most requests are answered always, or only when asked (need_reply).
+        when = plan.reply_when
+        if when is ReplyWhen.ALWAYS:
+            expected = True
+        elif when is ReplyWhen.ACK_ONLY and not _int_and(flags, _NEED_REPLY):
+            expected = False
+        else:
+            expected = self._reply_expected(message, plan)
+        if expected:
             self._awaiting[plan.backend_channel].append(message)
-            return True
-        return False
+        return expected
 
     def _process_reply(self, message: Message, plan: _Plan) -> None:
         awaiting = self._awaiting[plan.backend_channel]
