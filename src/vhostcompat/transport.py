@@ -269,7 +269,8 @@ class FdConnection:
 
     def _try_send(self, view: bytes | memoryview, fds: Sequence[int]) -> int:
         """One ``sendmsg`` (``fds`` with its first byte); bytes sent, 0 if no room."""
-        self._check_open()
+        if self._closed:
+            raise ConnectionClosedError(f"{self.name}: connection closed")
         try:
             if fds:
                 return self._sock.sendmsg(
@@ -734,9 +735,9 @@ class MessageConnection:
         if _log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
         connection = self.connection
-        if not connection.sending:
+        if not connection._senders:
             # Room for it all, most of the time: no further coroutine.
-            sent = connection.send_nowait(data, fds)
+            sent = connection._try_send(data, fds)
             if sent == len(data):
                 return
             if sent:

@@ -32,6 +32,7 @@ from vhostcompat.profiles import CompatProfile, feature_labels
 from vhostcompat.vhostuser import (
     U64,
     FrontendRequest,
+    HeaderFlags,
     Message,
     SessionLimits,
     VringState,
@@ -54,6 +55,9 @@ RING_REQUESTS = frozenset({
     FrontendRequest.SET_VRING_ERR, FrontendRequest.SET_VRING_ENABLE,
     FrontendRequest.SET_VRING_ENDIAN, FrontendRequest.VRING_KICK,
 })
+
+
+_REPLY = int(HeaderFlags.REPLY)
 
 
 def _labels(value: VirtioFeature | ProtocolFeature) -> str:
@@ -176,7 +180,7 @@ class ProxyPolicy:
     def check(self, message: Message, session: Session) -> Refusal | None:
         """The mode's verdict on a front-end request, before the session sees it."""
         request = message.request
-        if type(request) is not FrontendRequest or message.is_reply:
+        if type(request) is not FrontendRequest or int(message.flags) & _REPLY:
             return None
         payload = message.payload
         if request is FrontendRequest.SET_FEATURES and isinstance(payload, U64):

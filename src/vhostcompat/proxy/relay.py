@@ -189,6 +189,7 @@ class Relay:
         self._negotiated_pending = False
         self.timings = timings if timings is not None else RelayTimings()
         self._cpu_clock = self.timings.cpu_clock
+        self._record = self.timings.samples.append
         self._frontend.cpu_clock = self._backend.cpu_clock = self._cpu_clock
 
     def frontend_stalling(self, at_least: float) -> bool:
@@ -288,9 +289,9 @@ class Relay:
         cpu = 0 if self._cpu_clock is None else self._cpu_clock() - source.received_cpu_ns
         request = message.request
         name = _NAMES[request] if type(request) is FrontendRequest else request.name
-        self.timings.add(Timing(name, direction,
-                                source.received_ns, time.monotonic_ns(), cpu,
-                                source.arrived_ns))
+        # tuple.__new__: Timing(...) runs the NamedTuple's Python constructor.
+        self._record(tuple.__new__(Timing, (name, direction, source.received_ns,
+                                            time.monotonic_ns(), cpu, source.arrived_ns)))
 
     def _closed_by_frontend(self) -> NoReturn:
         session = self.frontend_session
