@@ -119,7 +119,7 @@ class ProxyPolicy:
 
     def offer_features(self, backend: VirtioFeature) -> VirtioFeature:
         """The GET_FEATURES answer: backend ∩ profile."""
-        return VirtioFeature(int(backend) & int(self.profile.virtio_features))
+        return VirtioFeature(self.offer(FrontendRequest.GET_FEATURES, backend).offered)
 
     def offer_protocol_features(self, backend: ProtocolFeature) -> ProtocolFeature:
         """The GET_PROTOCOL_FEATURES answer: backend ∩ profile ∩ relayable.
@@ -127,10 +127,7 @@ class ProxyPolicy:
         A profile that declares no protocol features leaves the back-end's
         (minus what the proxy cannot relay).
         """
-        allowed = int(RELAYABLE_PROTOCOL_FEATURES)
-        if self.profile.protocol_features is not None:
-            allowed &= int(self.profile.protocol_features)
-        return ProtocolFeature(int(backend) & allowed)
+        return ProtocolFeature(self.offer(FrontendRequest.GET_PROTOCOL_FEATURES, backend).offered)
 
     def queue_num(self, backend: int) -> int:
         """The GET_QUEUE_NUM answer: min(backend, the profile's max_queue_pairs)."""
@@ -139,15 +136,26 @@ class ProxyPolicy:
         return min(backend, self.profile.max_queue_pairs)
 
     def offer(self, request: FrontendRequest, backend: int) -> Offer:
-        """The answer to a GET_FEATURES / GET_PROTOCOL_FEATURES / GET_QUEUE_NUM reply."""
+        """The answer to a GET_FEATURES / GET_PROTOCOL_FEATURES / GET_QUEUE_NUM reply
+        (in ints: the back-end's word is not made an IntFlag while relaying)."""
         if request is FrontendRequest.GET_FEATURES:
-            return Offer(request, backend, int(self.offer_features(VirtioFeature(backend))))
+            return Offer(request, backend, int(backend) & self._virtio_allowed)
         if request is FrontendRequest.GET_PROTOCOL_FEATURES:
-            return Offer(request, backend,
-                         int(self.offer_protocol_features(ProtocolFeature(backend))))
+            return Offer(request, backend, int(backend) & self._protocol_allowed)
         if request is FrontendRequest.GET_QUEUE_NUM:
             return Offer(request, backend, self.queue_num(backend))
         raise ValueError(f"{request.name} is not an answer the mode changes")
+
+    @functools.cached_property
+    def _virtio_allowed(self) -> int:
+        return int(self.profile.virtio_features)
+
+    @functools.cached_property
+    def _protocol_allowed(self) -> int:
+        allowed = int(RELAYABLE_PROTOCOL_FEATURES)
+        if self.profile.protocol_features is not None:
+            allowed &= int(self.profile.protocol_features)
+        return allowed
 
     @functools.cached_property
     def max_rings(self) -> int | None:
@@ -184,10 +192,11 @@ class ProxyPolicy:
             return None
         payload = message.payload
         if request is FrontendRequest.SET_FEATURES and isinstance(payload, U64):
-            return self.check_features(session.offered_features, VirtioFeature(payload.value))
+            # The acked word stays an int: see the Session's feature words.
+            return self.check_features(session.offered_features, payload.value)
         if request is FrontendRequest.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
             return self.check_protocol_features(session.offered_protocol_features,
-                                                ProtocolFeature(payload.value))
+                                                payload.value)
         if request in RING_REQUESTS:
             index = payload.ring_index
             limit = self.max_rings
@@ -198,7 +207,7 @@ class ProxyPolicy:
         return None
 
     def check_features(self, offered: VirtioFeature | None,
-                       requested: VirtioFeature) -> Refusal | None:
+                       requested: int) -> Refusal | None:
         """SET_FEATURES: every bit must be one we offered."""
         request = FrontendRequest.SET_FEATURES
         if offered is None:
@@ -217,15 +226,16 @@ class ProxyPolicy:
                                 f"(offered {format_mask(offered, VirtioFeature)})")
 
     def check_protocol_features(self, offered: ProtocolFeature | None,
-                                requested: ProtocolFeature) -> Refusal | None:
+                                requested: int) -> Refusal | None:
         """SET_PROTOCOL_FEATURES: every bit must be one we offered."""
         request = FrontendRequest.SET_PROTOCOL_FEATURES
         if offered is None:
             return Refusal(request, "no GET_PROTOCOL_FEATURES was answered on this connection")
-        extra = ProtocolFeature(outside(requested, offered))
+        extra = outside(requested, offered)
         if not extra:
             return None
-        return Refusal(request, f"acks protocol features {_labels(extra)} outside mode "
+        return Refusal(request, f"acks protocol features {_labels(ProtocolFeature(extra))} "
+                                f"outside mode "
                                 f"{self.version}'s offer ({int(offered):#x})")
 
     def check_ring_index(self, request: FrontendRequest, index: int) -> Refusal | None:

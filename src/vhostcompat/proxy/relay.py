@@ -426,7 +426,7 @@ class Relay:
         assert isinstance(request, FrontendRequest)
         offer = self.policy.offer(request, reply.payload.value)
         if self.offers.get(request) != offer:
-            # QEMU asks GET_FEATURES twice per connection: say it once.
+            # QEMU asks GET_FEATURES twice per connection: say (and record) it once.
             self.log.info("%s", offer.describe(self.policy.version))
             if request is FrontendRequest.GET_FEATURES:
                 blockers = self.policy.migration_blockers(VirtioFeature(offer.offered), None)
@@ -437,8 +437,8 @@ class Relay:
             for blocker in blockers:
                 self.log.warning("mode %s: QEMU will not migrate this device: %s",
                                  self.policy.version, blocker)
-        self.offers[request] = offer
-        self.observer.record_offer(offer)
+            self.offers[request] = offer
+            self.observer.record_offer(offer)
         return dataclasses.replace(reply, payload=U64(offer.offered))
 
     # -- the back-end channel (SET_BACKEND_REQ_FD) ------------------------------------

@@ -87,6 +87,8 @@ _RING_PACKED_BIT = int(VirtioFeature.VIRTIO_F_RING_PACKED)
 _BACKEND_REQ_BIT = int(ProtocolFeature.BACKEND_REQ)
 _BACKEND_SEND_FD_BIT = int(ProtocolFeature.BACKEND_SEND_FD)
 _REPLY_ACK_BIT = int(ProtocolFeature.REPLY_ACK)
+_INBAND_NOTIFICATIONS_BIT = int(ProtocolFeature.INBAND_NOTIFICATIONS)
+_XEN_MMAP_BIT = int(ProtocolFeature.XEN_MMAP)
 
 
 class ReplyAckPolicy(enum.Enum):
@@ -186,10 +188,20 @@ class Session:
         self.error: RemoteProtocolError | None = None
         # Learned from the GET_FEATURES / GET_PROTOCOL_FEATURES replies seen,
         # or given when the session starts after them.
+        # The feature words as ints (None: not known yet); the properties make
+        # the flags when read. A peer's value is never made an IntFlag while
+        # relaying: the first IntFlag of a new value costs ~30 us (the enum
+        # builds and caches a pseudo-member), and QEMU acks a set the warmed-up
+        # proxy never saw in the middle of a migration's downtime.
+        self._offered: int | None = None
+        self._offered_protocol: int | None = None
+        self._acked: int | None = None
+        self._acked_protocol: int | None = None
+        self._offers_protocol_features = False
+        self._packed = False
+        self._protocol = 0  # the acked protocol features, 0 before any
         self.offered_features = offered_features
         self.offered_protocol_features = offered_protocol_features
-        self.acked_features: VirtioFeature | None = None
-        self.acked_protocol_features: ProtocolFeature | None = None
         self.owner = False
         self.queue_num: int | None = None
         self.max_memory_slots: int | None = None
@@ -209,30 +221,39 @@ class Session:
 
     @property
     def offered_features(self) -> VirtioFeature | None:
-        return self._offered_features
+        return None if self._offered is None else VirtioFeature(self._offered)
 
     @offered_features.setter
-    def offered_features(self, value: VirtioFeature | None) -> None:
-        self._offered_features = value
+    def offered_features(self, value: int | None) -> None:
+        self._offered = None if value is None else int(value)
         self._offers_protocol_features = bool(
             value is not None and _int_and(value, _PROTOCOL_FEATURES_BIT))
 
     @property
+    def offered_protocol_features(self) -> ProtocolFeature | None:
+        return None if self._offered_protocol is None else ProtocolFeature(
+            self._offered_protocol)
+
+    @offered_protocol_features.setter
+    def offered_protocol_features(self, value: int | None) -> None:
+        self._offered_protocol = None if value is None else int(value)
+
+    @property
     def acked_features(self) -> VirtioFeature | None:
-        return self._acked_features
+        return None if self._acked is None else VirtioFeature(self._acked)
 
     @acked_features.setter
-    def acked_features(self, value: VirtioFeature | None) -> None:
-        self._acked_features = value
+    def acked_features(self, value: int | None) -> None:
+        self._acked = None if value is None else int(value)
         self._packed = bool(value is not None and _int_and(value, _RING_PACKED_BIT))
 
     @property
     def acked_protocol_features(self) -> ProtocolFeature | None:
-        return self._acked_protocol_features
+        return None if self._acked_protocol is None else ProtocolFeature(self._acked_protocol)
 
     @acked_protocol_features.setter
-    def acked_protocol_features(self, value: ProtocolFeature | None) -> None:
-        self._acked_protocol_features = value
+    def acked_protocol_features(self, value: int | None) -> None:
+        self._acked_protocol = None if value is None else int(value)
         self._protocol = 0 if value is None else int(value)
 
     # -- what the session knows ------------------------------------------------
@@ -252,7 +273,7 @@ class Session:
     @property
     def protocol_features(self) -> ProtocolFeature:
         """The negotiated protocol features (none before SET_PROTOCOL_FEATURES)."""
-        return self.acked_protocol_features or ProtocolFeature(0)
+        return ProtocolFeature(self._protocol)
 
     @property
     def reply_ack(self) -> bool:
@@ -414,11 +435,11 @@ def _payload(message: Message, kind: type[_P]) -> _P:
     return payload
 
 
-def _acked_within_offer(message: Message, kind: type[_Features], offered: _Features | None,
-                        offer_request: FrontendRequest, what: str) -> _Features:
+def _acked_within_offer(message: Message, kind: type[_Features], offered: int | None,
+                        offer_request: FrontendRequest, what: str) -> int:
     """What a SET_FEATURES / SET_PROTOCOL_FEATURES acks: refused before the back-end
     answered ``offer_request``, and when it acks a bit that answer did not offer."""
-    features = kind(_payload(message, U64).value)
+    features = _payload(message, U64).value
     if offered is None:
         raise _Violation(f"{message.request.name} before any {offer_request.name} reply")
     unoffered = outside(features, offered)
@@ -429,10 +450,10 @@ def _acked_within_offer(message: Message, kind: type[_Features], offered: _Featu
 
 
 def _set_features(session: Session, message: Message) -> None:
-    features = _acked_within_offer(message, VirtioFeature, session.offered_features,
+    features = _acked_within_offer(message, VirtioFeature, session._offered,
                                    _F.GET_FEATURES, "features")
     running = session.started_rings()
-    previous = session.acked_features
+    previous = session._acked
     if running and previous is not None:
         # Only dirty logging may change under running rings (migration).
         changed = outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
@@ -447,13 +468,12 @@ def _set_features(session: Session, message: Message) -> None:
 
 
 def _set_protocol_features(session: Session, message: Message) -> None:
-    features = _acked_within_offer(message, ProtocolFeature, session.offered_protocol_features,
+    features = _acked_within_offer(message, ProtocolFeature, session._offered_protocol,
                                    _F.GET_PROTOCOL_FEATURES, "protocol features")
-    inband_needs = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
-    if features & ProtocolFeature.INBAND_NOTIFICATIONS and features & inband_needs != \
-            inband_needs:
+    inband_needs = _BACKEND_REQ_BIT | _REPLY_ACK_BIT
+    if features & _INBAND_NOTIFICATIONS_BIT and features & inband_needs != inband_needs:
         raise _Violation("INBAND_NOTIFICATIONS needs BACKEND_REQ and REPLY_ACK")
-    if features & ProtocolFeature.XEN_MMAP:
+    if features & _XEN_MMAP_BIT:
         raise _Violation("XEN_MMAP memory region layout is not supported")
     session.acked_protocol_features = features
 
@@ -684,11 +704,11 @@ _REQUEST_RULES: Mapping[Request, Callable[[Session, Message], None]] = MappingPr
 # -- reply rules: (session, request, reply) --------------------------------------------
 
 def _features_reply(session: Session, request: Message, reply: Message) -> None:
-    session.offered_features = VirtioFeature(_payload(reply, U64).value)
+    session.offered_features = _payload(reply, U64).value
 
 
 def _protocol_features_reply(session: Session, request: Message, reply: Message) -> None:
-    session.offered_protocol_features = ProtocolFeature(_payload(reply, U64).value)
+    session.offered_protocol_features = _payload(reply, U64).value
 
 
 def _queue_num_reply(session: Session, request: Message, reply: Message) -> None:
