@@ -207,6 +207,7 @@ class Relay:
         """Relay until one side closes or fails; everything is closed on return."""
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
+        self._reply_timer = loop.call_at(loop.time() + self.reply_timeout, self._check_replies)
         self._spawn(self._frontend_requests, Side.FRONTEND, "front-end requests")
         self._spawn(self._backend_replies, Side.BACKEND, "back-end replies")
         try:
@@ -366,15 +367,25 @@ class Relay:
 
     def _check_replies(self) -> None:
         """The oldest reply owed may be late: end the relay if so, else look again
-        when the oldest one still owed is due."""
-        self._reply_timer = None
+        when the oldest one still owed is due.
+
+        The timer stays armed while nothing is owed (a timeout ahead: it fires
+        no earlier than any reply later owed is due), so that a request owed a
+        reply after a quiet spell (a migration's device stop) needs no timer
+        of its own.
+        """
+        loop = asyncio.get_running_loop()
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()  # itself, unless called otherwise (a test)
         if not self._pending:
+            self._reply_timer = loop.call_at(loop.time() + self.reply_timeout,
+                                             self._check_replies)
             return
         request, due = self._pending[0]
-        loop = asyncio.get_running_loop()
         if loop.time() < due:
             self._reply_timer = loop.call_at(due, self._check_replies)
             return
+        self._reply_timer = None
         self._finish(RelayResult(
             RelayOutcome.BACKEND_TIMEOUT,
             f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
