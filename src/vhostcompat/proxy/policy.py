@@ -58,6 +58,8 @@ RING_REQUESTS = frozenset({
 
 
 _REPLY = int(HeaderFlags.REPLY)
+_LOG_ALL = int(VirtioFeature.VHOST_F_LOG_ALL)
+_LOG_SHMFD = int(ProtocolFeature.LOG_SHMFD)
 
 
 def _labels(value: VirtioFeature | ProtocolFeature) -> str:
@@ -172,14 +174,13 @@ class ProxyPolicy:
             max_ring_size=min(self.profile.max_ring_size or MAX_QUEUE_SIZE, MAX_QUEUE_SIZE),
         )
 
-    def migration_blockers(self, offered: VirtioFeature | None,
-                           protocol: ProtocolFeature | None) -> list[str]:
-        """Why QEMU would refuse to migrate a device offered this (either part may be
-        unknown yet: None)."""
+    def migration_blockers(self, offered: int | None, protocol: int | None) -> list[str]:
+        """Why QEMU would refuse to migrate a device offered this (feature words, or
+        their flags; either part may be unknown yet: None)."""
         blockers = []
-        if offered is not None and VirtioFeature.VHOST_F_LOG_ALL not in offered:
+        if offered is not None and not int(offered) & _LOG_ALL:
             blockers.append("VHOST_F_LOG_ALL (bit 26) is not offered")
-        if protocol is not None and ProtocolFeature.LOG_SHMFD not in protocol:
+        if protocol is not None and not int(protocol) & _LOG_SHMFD:
             blockers.append("protocol feature LOG_SHMFD is not offered")
         return blockers
 

@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
-from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.proxy.policy import (
     Negotiated,
     Offer,
@@ -440,9 +439,9 @@ class Relay:
             # QEMU asks GET_FEATURES twice per connection: say (and record) it once.
             self.log.info("%s", offer.describe(self.policy.version))
             if request is FrontendRequest.GET_FEATURES:
-                blockers = self.policy.migration_blockers(VirtioFeature(offer.offered), None)
+                blockers = self.policy.migration_blockers(offer.offered, None)
             elif request is FrontendRequest.GET_PROTOCOL_FEATURES:
-                blockers = self.policy.migration_blockers(None, ProtocolFeature(offer.offered))
+                blockers = self.policy.migration_blockers(None, offer.offered)
             else:
                 blockers = []
             for blocker in blockers:
