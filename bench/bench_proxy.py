@@ -456,7 +456,13 @@ def render(document: Document) -> str:
     start = document["start_ms"]
     migration = document["migration_ms"]
     control = document["control_round_trips_per_s"]
-    lines = [f"vhostcompat proxy vs direct, {document['repeat']} run(s) each (medians)",
+    conditions = ""
+    if document.get("steal_percent") is not None:
+        conditions += f", CPU time stolen by the hypervisor {document['steal_percent']} %"
+    if document.get("proxy_cpus") is not None:
+        conditions += f", proxies on CPUs {document['proxy_cpus']}"
+    lines = [f"vhostcompat proxy vs direct, {document['repeat']} run(s) each (medians)"
+             f"{conditions}",
              f"{'':<28}{'direct':>12}{'proxy':>12}{'ratio':>9}"]
     for phase in PHASES:
         ratio = start["ratio"][phase]
@@ -515,13 +521,28 @@ def _relay_table(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
     return lines
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """All CPUs' time so far and the part of it stolen by the hypervisor (clock ticks,
+    /proc/stat): a run on a busy host says so."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    return sum(fields), fields[7]
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[0] - before[0]
+    return round(100 * (after[1] - before[1]) / total, 1) if total > 0 else None
+
+
 async def measure(repeat: int, control_seconds: float, *, launch: ProxyLaunch = AS_DEPLOYED,
                   baseline: Path | None = None) -> dict[str, Any]:
+    ticks = cpu_ticks()
     start = await compare(start_backends(launch), repeat)
     migrations = await measure_migrations(repeat, launch, baseline)
     timings = RelayTimings()
     control = await measure_control(repeat, control_seconds, timings)
     document = report(start, migrations, control, repeat, list(timings.samples))
+    document["steal_percent"] = steal_percent(ticks, cpu_ticks())
     document["proxy_cpus"] = None if launch.cpus is None else sorted(launch.cpus)
     if baseline is not None:
         document["baseline_proxy"] = str(baseline)

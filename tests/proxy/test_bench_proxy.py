@@ -12,9 +12,11 @@ from bench.bench_proxy import (
     PROXIED,
     MigrationSample,
     control_rate,
+    cpu_ticks,
     main,
     render,
     report,
+    steal_percent,
     stop_ended,
     stop_started,
     stopped_share,
@@ -125,6 +127,13 @@ def test_what_qemu_waited_for_counts_queueing_before_the_request() -> None:
                Timing("GET_STATUS", "request", 50_000, 80_000, 0, 1),
                Timing("GET_STATUS", "reply", 200_000, 220_000, 0, 200_000)]
     assert waited_for(timings) == 100.0
+
+
+def test_the_hosts_steal_time_is_a_share_of_all_cpu_time() -> None:
+    total, stolen = cpu_ticks()
+    assert total > 0 and 0 <= stolen <= total
+    assert steal_percent((100, 5), (300, 15)) == 5.0
+    assert steal_percent((100, 5), (100, 5)) is None
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
