@@ -37,7 +37,15 @@ noise cannot hide it:
 The end-to-end ratios come with a 95 % bootstrap confidence interval
 (resampling each variant's samples).
 
-    python -m bench.bench_proxy [--repeat 10] [--json]
+``--baseline-proxy SRC`` adds a third variant to the migrations: proxies
+run from another vhostcompat tree (its ``src`` directory, e.g. a ``git
+worktree`` of an older commit), round-robin with the others, so that two
+versions of the proxy are compared in one run, on the same load.
+``--proxy-cpus LIST`` runs every proxy on those CPUs only (an environment
+choice: see the README's benchmark section for why and for figures both
+ways).
+
+    python -m bench.bench_proxy [--repeat 10] [--baseline-proxy SRC] [--proxy-cpus 1] [--json]
 """
 
 from __future__ import annotations
@@ -71,7 +79,7 @@ from bench.common import (
 from vhostcompat.errors import InputError
 from vhostcompat.features import VirtioFeature
 from vhostcompat.lab import qmp
-from vhostcompat.lab.commands import ProxyMode
+from vhostcompat.lab.commands import ProxyLaunch, ProxyMode
 from vhostcompat.lab.hosts import dpdk_testpmd, source_and_destination
 from vhostcompat.profiles import CompatProfile
 from vhostcompat.proxy import ProxyPolicy, Relay
@@ -99,14 +107,15 @@ BOOTSTRAP_RESAMPLES = 2000
 # start-of-migration messages by far more).
 BURST_GAP_NS = 20_000_000
 SETTLE_SECONDS = 3 * BURST_GAP_NS / 1e9
-DIRECT, PROXIED = "direct", "proxy"
+DIRECT, PROXIED, BASELINE = "direct", "proxy", "baseline proxy"
+# Proxies started as the lab deploys them (no other tree, no CPU affinity).
+AS_DEPLOYED = ProxyLaunch()
 
 
-# testpmd behind ``vhostcompat proxy`` in testpmd's own version; the proxy's socket.
-proxied_testpmd_backend = bench_backend(dpdk_testpmd(), ProxyMode(MODE))
-
-START_BACKENDS: dict[str, BenchBackend] = {
-    DIRECT: dpdk_testpmd_backend, PROXIED: proxied_testpmd_backend}
+def start_backends(launch: ProxyLaunch = AS_DEPLOYED) -> dict[str, BenchBackend]:
+    """testpmd directly, and behind ``vhostcompat proxy`` in testpmd's own version."""
+    return {DIRECT: dpdk_testpmd_backend,
+            PROXIED: bench_backend(dpdk_testpmd(), ProxyMode(MODE, launch=launch))}
 
 
 # -- migration downtime ------------------------------------------------------------------
@@ -203,11 +212,12 @@ def waited_for(timings: Sequence[Timing]) -> float:
     return round(total, 1)
 
 
-async def migrate_once(proxied: bool) -> MigrationSample:
-    """One migration between two fresh hosts: QEMU's figures and, proxied, the proxies'."""
+async def migrate_once(mode: ProxyMode | None) -> MigrationSample:
+    """One migration between two fresh hosts, each behind a proxy in ``mode`` if any:
+    QEMU's figures and, proxied, the proxies'."""
     run_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vc-bench-"))
     uri = f"unix:{run_dir / 'migration.sock'}"
-    mode = ProxyMode(MODE) if proxied else None
+    proxied = mode is not None
     try:
         async with asyncio.timeout(SAMPLE_TIMEOUT), source_and_destination(
                 run_dir, uri, dpdk_testpmd(), dpdk_testpmd(), source_proxy=mode,
@@ -256,11 +266,19 @@ class MigrationSample:
         return document
 
 
-async def measure_migrations(repeat: int) -> dict[str, list[MigrationSample]]:
-    samples: dict[str, list[MigrationSample]] = {DIRECT: [], PROXIED: []}
+async def measure_migrations(repeat: int, launch: ProxyLaunch = AS_DEPLOYED,
+                             baseline: Path | None = None) -> dict[str, list[MigrationSample]]:
+    """``repeat`` migrations of each variant, round-robin (the baseline's proxies
+    from the tree ``baseline``, when given)."""
+    variants: dict[str, ProxyMode | None] = {DIRECT: None,
+                                             PROXIED: ProxyMode(MODE, launch=launch)}
+    if baseline is not None:
+        variants[BASELINE] = ProxyMode(MODE, launch=dataclasses.replace(launch,
+                                                                         source=baseline))
+    samples: dict[str, list[MigrationSample]] = {name: [] for name in variants}
     for _ in range(repeat):
-        for name, proxied in ((DIRECT, False), (PROXIED, True)):
-            samples[name].append(await migrate_once(proxied))
+        for name, mode in variants.items():
+            samples[name].append(await migrate_once(mode))
     return samples
 
 
@@ -396,7 +414,7 @@ def report(start: Mapping[str, Sequence[Sample]],
     started = {name: [sample.vhost_started for sample in samples]
                for name, samples in start.items()}
     relayed = [timing for sample in migrations[PROXIED] for timing in sample.relayed]
-    return {
+    document: dict[str, Any] = {
         "benchmark": "vhostcompat proxy: direct vs through the proxy",
         "repeat": repeat,
         "start_ms": {"median": start_medians,
@@ -425,13 +443,26 @@ def report(start: Mapping[str, Sequence[Sample]],
             "messages_per_s_through_proxy": round(2 * control_medians[PROXIED]),
             "samples": {name: [round(rate) for rate in rates] for name, rates in control.items()}},
     }
+    if BASELINE in migrations:
+        # The same figures for the proxies of the other tree, from the same run.
+        document["baseline"] = {
+            "proxy_while_stopped": _share_summary(migrations[BASELINE]),
+            "relay_us": summarise_timings([timing for sample in migrations[BASELINE]
+                                           for timing in sample.relayed])}
+    return document
 
 
 def render(document: Document) -> str:
     start = document["start_ms"]
     migration = document["migration_ms"]
     control = document["control_round_trips_per_s"]
-    lines = [f"vhostcompat proxy vs direct, {document['repeat']} run(s) each (medians)",
+    conditions = ""
+    if document.get("steal_percent") is not None:
+        conditions += f", CPU time stolen by the hypervisor {document['steal_percent']} %"
+    if document.get("proxy_cpus") is not None:
+        conditions += f", proxies on CPUs {document['proxy_cpus']}"
+    lines = [f"vhostcompat proxy vs direct, {document['repeat']} run(s) each (medians)"
+             f"{conditions}",
              f"{'':<28}{'direct':>12}{'proxy':>12}{'ratio':>9}"]
     for phase in PHASES:
         ratio = start["ratio"][phase]
@@ -465,13 +496,14 @@ def render(document: Document) -> str:
                      f"{figures['median_us']} us (max {figures['max_us']}), waited for "
                      f"{figures['waited_median_us']} us")
     lines.append("relay time per message (us), QEMU + testpmd runs (wall; proxy CPU):")
-    lines.append(f"  {'request':<36}{'count':>7}{'p50':>9}{'p99':>9}{'cpu p50':>9}"
-                 f"{'cpu p99':>9}")
-    for key, figures in document["relay_us"]["qemu_and_testpmd"].items():
-        cpu = (f"{figures['cpu_p50_us']:>9.1f}{figures['cpu_p99_us']:>9.1f}"
-               if "cpu_p50_us" in figures else "")
-        lines.append(f"  {key:<36}{figures['count']:>7}{figures['p50_us']:>9.1f}"
-                     f"{figures['p99_us']:>9.1f}{cpu}")
+    lines += _relay_table(document["relay_us"]["qemu_and_testpmd"])
+    baseline = document.get("baseline")
+    if baseline is not None:
+        waited = baseline["proxy_while_stopped"]["waited_per_migration_us"]
+        lines.append(f"baseline proxy ({document.get('baseline_proxy')}), same run: exchanges "
+                     f"QEMU waited for while the VM was stopped, per migration (us, median / "
+                     f"max) {waited['median']} / {waited['max']}; relay time per message:")
+        lines += _relay_table(baseline["relay_us"])
     in_process = document["relay_us"]["in_process_get_features"].get("all")
     if in_process:
         lines.append(f"  in-process GET_FEATURES, all: p50 {in_process['p50_us']} us, "
@@ -479,12 +511,42 @@ def render(document: Document) -> str:
     return "\n".join(lines)
 
 
-async def measure(repeat: int, control_seconds: float) -> dict[str, Any]:
-    start = await compare(START_BACKENDS, repeat)
-    migrations = await measure_migrations(repeat)
+def _relay_table(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
+    lines = [f"  {'request':<36}{'count':>7}{'p50':>9}{'p99':>9}{'cpu p50':>9}{'cpu p99':>9}"]
+    for key, figures in summary.items():
+        cpu = (f"{figures['cpu_p50_us']:>9.1f}{figures['cpu_p99_us']:>9.1f}"
+               if "cpu_p50_us" in figures else "")
+        lines.append(f"  {key:<36}{figures['count']:>7}{figures['p50_us']:>9.1f}"
+                     f"{figures['p99_us']:>9.1f}{cpu}")
+    return lines
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """All CPUs' time so far and the part of it stolen by the hypervisor (clock ticks,
+    /proc/stat): a run on a busy host says so."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    return sum(fields), fields[7]
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[0] - before[0]
+    return round(100 * (after[1] - before[1]) / total, 1) if total > 0 else None
+
+
+async def measure(repeat: int, control_seconds: float, *, launch: ProxyLaunch = AS_DEPLOYED,
+                  baseline: Path | None = None) -> dict[str, Any]:
+    ticks = cpu_ticks()
+    start = await compare(start_backends(launch), repeat)
+    migrations = await measure_migrations(repeat, launch, baseline)
     timings = RelayTimings()
     control = await measure_control(repeat, control_seconds, timings)
-    return report(start, migrations, control, repeat, list(timings.samples))
+    document = report(start, migrations, control, repeat, list(timings.samples))
+    document["steal_percent"] = steal_percent(ticks, cpu_ticks())
+    document["proxy_cpus"] = None if launch.cpus is None else sorted(launch.cpus)
+    if baseline is not None:
+        document["baseline_proxy"] = str(baseline)
+    return document
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,7 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control-seconds", type=float, default=CONTROL_SECONDS,
                         help=f"time spent on the control-message rate (default "
                              f"{CONTROL_SECONDS:g})")
+    parser.add_argument("--baseline-proxy", type=Path, metavar="SRC",
+                        help="also migrate through proxies run from this vhostcompat source "
+                             "directory (another tree's src), round-robin with the others")
+    parser.add_argument("--proxy-cpus", metavar="LIST",
+                        help="run every proxy on these CPUs only (comma separated numbers)")
     return parser
+
+
+def _cpu_list(text: str | None) -> frozenset[int] | None:
+    if text is None:
+        return None
+    try:
+        return frozenset(int(item) for item in text.split(","))
+    except ValueError:
+        raise InputError(f"--proxy-cpus takes CPU numbers separated by commas, not {text!r}"
+                         ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -504,7 +581,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_repeat(args.repeat)
         if args.control_seconds <= 0:
             raise InputError("--control-seconds must be positive")
-        return asyncio.run(measure(args.repeat, args.control_seconds))
+        launch = ProxyLaunch(cpus=_cpu_list(args.proxy_cpus))
+        baseline = args.baseline_proxy
+        if baseline is not None and not (baseline / "vhostcompat" / "cli").is_dir():
+            raise InputError(f"--baseline-proxy {baseline}: not a vhostcompat src directory")
+        return asyncio.run(measure(args.repeat, args.control_seconds, launch=launch,
+                                   baseline=None if baseline is None else baseline.resolve()))
 
     return run_bench("bench_proxy", checked_measure, render, args.json)
 

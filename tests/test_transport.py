@@ -24,6 +24,7 @@ from vhostcompat.transport import (
     PeerStalledError,
     SocketPathError,
     StallTimeouts,
+    TransportError,
     connect,
     listen,
 )
@@ -133,6 +134,29 @@ def test_large_payload_crosses_a_full_socket_buffer() -> None:
 
         await asyncio.gather(left.send(blob), drain())
         assert bytes(received) == blob
+        left.close()
+        right.close()
+    run(scenario)
+
+
+def test_a_send_that_waits_is_never_overtaken() -> None:
+    """Sends try the socket at once only when no earlier send is still waiting."""
+    async def scenario() -> None:
+        left, right = connection_pair()
+        blob = os.urandom(4 << 20)
+        first = asyncio.create_task(left.send(blob))
+        while not left.sending:
+            await asyncio.sleep(0)
+        with pytest.raises(TransportError, match="in progress"):
+            left.send_nowait(b"tail")
+        second = asyncio.create_task(left.send(b"tail"))
+        received = bytearray()
+        while len(received) < len(blob) + 4:
+            data, _ = await right.recv()
+            received.extend(data)
+        await asyncio.gather(first, second)
+        assert bytes(received) == blob + b"tail"
+        assert not left.sending and left.send_nowait(b"!") == 1
         left.close()
         right.close()
     run(scenario)

@@ -46,6 +46,9 @@ RECV_SIZE = 65536
 # Room for exactly MAX_FDS fds: a peer sending more gets MSG_CTRUNC.
 _FD_ITEM = array.array("i").itemsize
 ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * _FD_ITEM)
+# Plain ints: ``int & socket.MSG_CTRUNC`` runs the IntFlag's Python operator.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -150,7 +153,9 @@ class FdConnection:
 
     One :meth:`recv` and one :meth:`send` may run at a time each (locks
     serialise concurrent callers); :meth:`close` wakes both with
-    :class:`ConnectionClosedError`.
+    :class:`ConnectionClosedError`. A call that finds the socket ready (the
+    bytes already there, room to send them all) and nobody ahead of it is
+    done at once, without the lock: only waiting needs it.
     """
 
     def __init__(self, sock: socket.socket, *, name: str = "") -> None:
@@ -160,6 +165,9 @@ class FdConnection:
         self._loop = asyncio.get_running_loop()
         self._recv_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
+        # Callers holding or waiting for each lock: the lock-free attempt is
+        # only for a caller with nobody ahead of it.
+        self._receivers = self._senders = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._read_waiter: asyncio.Future[None] | None = None
         self._reading = False  # whether our reader is registered with the loop
@@ -176,26 +184,42 @@ class FdConnection:
 
     async def recv(self, bufsize: int = RECV_SIZE) -> tuple[bytes, list[int]]:
         """Bytes and the fds that came with them; ``b""`` means the peer closed."""
-        async with self._recv_lock:
-            while True:
-                self._check_open()
-                try:
-                    data, ancdata, msg_flags, _ = self._sock.recvmsg(
-                        bufsize, ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC)
-                except (BlockingIOError, InterruptedError):
+        tried = not self._receivers
+        if tried:
+            received = self._try_recv(bufsize)
+            if received is not None:
+                return received
+        self._receivers += 1
+        try:
+            async with self._recv_lock:
+                # Just tried (and nobody can have been ahead): wait before trying again.
+                if tried:
                     await self._wait(readable=True)
-                    continue
-                except OSError as error:
-                    raise TransportError(
-                        f"{self.name}: receive failed: {error.strerror or error}") from error
-                fds = _fds_from(ancdata)
-                if msg_flags & socket.MSG_CTRUNC:
-                    # The kernel dropped the fds that did not fit; close the rest.
-                    close_fds(fds)
-                    raise FdTransferError(
-                        f"{self.name}: ancillary data truncated (more than {MAX_FDS} fds "
-                        "in one message)")
-                return data, fds
+                while (received := self._try_recv(bufsize)) is None:
+                    await self._wait(readable=True)
+                return received
+        finally:
+            self._receivers -= 1
+
+    def _try_recv(self, bufsize: int) -> tuple[bytes, list[int]] | None:
+        """One ``recvmsg``; None if nothing is there yet."""
+        self._check_open()
+        try:
+            data, ancdata, msg_flags, _ = self._sock.recvmsg(
+                bufsize, ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as error:
+            raise TransportError(
+                f"{self.name}: receive failed: {error.strerror or error}") from error
+        fds = _fds_from(ancdata) if ancdata else []
+        if msg_flags & _MSG_CTRUNC:
+            # The kernel dropped the fds that did not fit; close the rest.
+            close_fds(fds)
+            raise FdTransferError(
+                f"{self.name}: ancillary data truncated (more than {MAX_FDS} fds "
+                "in one message)")
+        return data, fds
 
     async def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Send all of ``data``; ``fds`` travel with its first byte (not closed)."""
@@ -203,26 +227,60 @@ class FdConnection:
             raise TransportError(f"{self.name}: fds need at least one byte to travel with")
         if len(fds) > MAX_FDS:
             raise TransportError(f"{self.name}: {len(fds)} fds (at most {MAX_FDS})")
-        async with self._send_lock:
-            view = memoryview(data)
-            pending_fds = list(fds)
-            while view:
-                self._check_open()
-                try:
-                    if pending_fds:
-                        rights = array.array("i", pending_fds)
-                        sent = self._sock.sendmsg(
-                            [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-                        pending_fds = []
+        view = memoryview(data)
+        if not view:
+            return
+        if not self._senders:
+            sent = self._try_send(view, fds)
+            if sent == len(view):
+                return
+            if sent:
+                view, fds = view[sent:], ()
+        self._senders += 1
+        try:
+            async with self._send_lock:
+                while view:
+                    sent = self._try_send(view, fds)
+                    if sent:
+                        view, fds = view[sent:], ()
                     else:
-                        sent = self._sock.send(view)
-                except (BlockingIOError, InterruptedError):
-                    await self._wait(readable=False)
-                    continue
-                except OSError as error:
-                    raise TransportError(
-                        f"{self.name}: send failed: {error.strerror or error}") from error
-                view = view[sent:]
+                        await self._wait(readable=False)
+        finally:
+            self._senders -= 1
+
+    @property
+    def sending(self) -> bool:
+        """Whether a :meth:`send` is waiting to finish (a new one would queue behind it)."""
+        return self._senders > 0
+
+    def send_nowait(self, data: bytes, fds: Sequence[int] = ()) -> int:
+        """Send what the socket takes now, without waiting: how many bytes (``fds``
+        went with the first, if any went). Only when no :meth:`send` is
+        :attr:`sending`: bytes must not overtake those."""
+        if self._senders:
+            raise TransportError(f"{self.name}: a send is still in progress")
+        if len(fds) > MAX_FDS:
+            raise TransportError(f"{self.name}: {len(fds)} fds (at most {MAX_FDS})")
+        if not data:
+            if fds:
+                raise TransportError(f"{self.name}: fds need at least one byte to travel with")
+            return 0
+        return self._try_send(data, fds)
+
+    def _try_send(self, view: bytes | memoryview, fds: Sequence[int]) -> int:
+        """One ``sendmsg`` (``fds`` with its first byte); bytes sent, 0 if no room."""
+        if self._closed:
+            raise ConnectionClosedError(f"{self.name}: connection closed")
+        try:
+            if fds:
+                return self._sock.sendmsg(
+                    [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            return self._sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            raise TransportError(
+                f"{self.name}: send failed: {error.strerror or error}") from error
 
     def close(self) -> None:
         """Close the socket and wake any waiting recv/send with ConnectionClosedError."""
@@ -605,23 +663,28 @@ class MessageConnection:
         came in the same chunk as earlier ones, now (the caller was busy with
         those until now).
         """
-        self._stamp()
+        decoder = self.decoder
+        if decoder.buffered:
+            # The next message may be complete already (a burst in one chunk):
+            # it is there to handle from now. Otherwise it is stamped when
+            # the bytes completing it come in.
+            self._stamp()
         while True:
-            message = self.decoder.next_message()
+            message = decoder.next_message()
             if message is not None:
-                self.last_wire = self.decoder.last_wire
+                self.last_wire = decoder.last_wire
                 self.received_ns = self._chunk_ns
                 self.received_cpu_ns = self._chunk_cpu_ns
                 self.arrived_ns = self._arrival_ns
                 self.received += 1
                 # The next message gets its own time.
                 self._message_started = self._message_deadline = None
-                if self.log.isEnabledFor(logging.DEBUG):
+                if _log.isEnabledFor(logging.DEBUG):
                     self.log.debug("<-- %s", message)
                 return message
             if self._eof:
                 return None
-            if self.decoder.buffered and self._message_started is None:
+            if decoder.buffered and self._message_started is None:
                 self._message_started = self._time()
                 if self.timeouts.message is not None:
                     self._message_deadline = self._message_started + self.timeouts.message
@@ -631,13 +694,13 @@ class MessageConnection:
                 self._arrival_ns = self._chunk_ns
             except VhostCompatError:
                 # The stream is unusable from here on: release what the decoder holds.
-                self.decoder.close()
+                decoder.close()
                 raise
             if not data:
                 self._eof = True
-                self.decoder.end_of_stream()
+                decoder.end_of_stream()
                 return None
-            self.decoder.feed(data, fds)
+            decoder.feed(data, fds)
 
     def _stamp(self) -> None:
         self._chunk_ns = time.monotonic_ns()
@@ -669,9 +732,17 @@ class MessageConnection:
         encoding it again.
         """
         data, fds = (wire, message.fds) if wire is not None else encode(message)
-        if self.log.isEnabledFor(logging.DEBUG):
+        if _log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
-        await self.connection.send(data, fds)
+        connection = self.connection
+        if not connection._senders:
+            # Room for it all, most of the time: no further coroutine.
+            sent = connection._try_send(data, fds)
+            if sent == len(data):
+                return
+            if sent:
+                data, fds = data[sent:], ()
+        await connection.send(data, fds)
 
     def close(self) -> None:
         """Close the socket and any fds the decoder still holds."""

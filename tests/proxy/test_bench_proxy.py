@@ -7,13 +7,16 @@ import json
 
 import pytest
 from bench.bench_proxy import (
+    BASELINE,
     DIRECT,
     PROXIED,
     MigrationSample,
     control_rate,
+    cpu_ticks,
     main,
     render,
     report,
+    steal_percent,
     stop_ended,
     stop_started,
     stopped_share,
@@ -65,6 +68,17 @@ def test_report_ratios_and_differences_come_from_the_samples() -> None:
     text = render(document)
     assert all(f"start to {phase} (ms)" in text for phase in PHASES)
     assert "control messages/s through the proxy: 1200" in text
+    assert "baseline" not in document and "baseline proxy" not in text
+    # A baseline tree's proxies: the same figures beside, from their own samples.
+    with_baseline = {**migrations, BASELINE: [MigrationSample(
+        120, 320, {"source": {"relay_us": 80.0, "messages": 1, "waited_us": 70.0}},
+        [Timing("GET_FEATURES", "request", 0, 90_000)])]}
+    document = json.loads(json.dumps(report(start, with_baseline, control, 2)))
+    assert document["baseline"]["relay_us"]["all"]["p50_us"] == 90.0
+    assert document["baseline"]["proxy_while_stopped"]["waited_per_migration_us"] == {
+        "median": 70.0, "max": 70.0}
+    assert document["relay_us"]["qemu_and_testpmd"]["all"]["count"] == 2  # unchanged
+    assert "baseline proxy" in render(document)
 
 
 @pytest.mark.e2e
@@ -115,6 +129,17 @@ def test_what_qemu_waited_for_counts_queueing_before_the_request() -> None:
     assert waited_for(timings) == 100.0
 
 
+def test_the_hosts_steal_time_is_a_share_of_all_cpu_time() -> None:
+    total, stolen = cpu_ticks()
+    assert total > 0 and 0 <= stolen <= total
+    assert steal_percent((100, 5), (300, 15)) == 5.0
+    assert steal_percent((100, 5), (100, 5)) is None
+
+
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--repeat", "0"]) == 2
     assert "--repeat must be at least 1" in capsys.readouterr().err
+    assert main(["--proxy-cpus", "one"]) == 2
+    assert "--proxy-cpus takes CPU numbers" in capsys.readouterr().err
+    assert main(["--baseline-proxy", "/nonexistent"]) == 2
+    assert "not a vhostcompat src directory" in capsys.readouterr().err

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from vhostcompat.errors import InputError
-from vhostcompat.lab.commands import ProxyConfig, ProxyMode, proxy_argv
+from vhostcompat.lab.commands import ProxyConfig, ProxyLaunch, ProxyMode, proxy_argv, run_proxy
 from vhostcompat.lab.qemu import QemuPaths, QemuVm, qemu_argv
 
 
@@ -37,6 +39,27 @@ def test_a_proxy_mode_is_a_profile_or_a_store_and_interface() -> None:
         ProxyMode("v1", db="/t/host")
     with pytest.raises(InputError, match="go together"):
         ProxyMode("v1", iface="vhu0")
+
+
+def test_a_proxy_launch_adds_a_source_tree_and_cpus(short_dir: Path) -> None:
+    """Benchmarks run a proxy from another tree (PYTHONPATH) or on given CPUs only."""
+    assert ProxyLaunch().environment() is None
+    assert ProxyLaunch(source=Path("/t/src")).environment() == {"PYTHONPATH": "/t/src"}
+    with pytest.raises(InputError, match="CPU numbers"):
+        ProxyLaunch(cpus=frozenset())
+    launch = ProxyLaunch(cpus=frozenset({0}))
+    config = ProxyConfig(frontend=str(short_dir / "f.sock"), backend=str(short_dir / "b.sock"),
+                         status_file=short_dir / "s.json",
+                         mode=ProxyMode("debian12.dpdk-vhost.v22.11", launch=launch))
+    assert proxy_argv(config) == proxy_argv(
+        ProxyConfig(config.frontend, config.backend, config.status_file,
+                    ProxyMode("debian12.dpdk-vhost.v22.11")))  # the command line is the same
+
+    async def scenario() -> None:
+        async with run_proxy(config, short_dir) as proxy:
+            assert os.sched_getaffinity(proxy.process.pid) == {0}
+
+    asyncio.run(scenario())
 
 
 def test_qemu_reconnect_goes_on_the_client_chardev(tmp_path: Path) -> None:

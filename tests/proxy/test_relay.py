@@ -397,6 +397,26 @@ def test_a_backend_that_never_answers_times_out_naming_the_request(
     run(scenario())
 
 
+def test_the_reply_timer_is_the_oldest_owed_replys_own() -> None:
+    """One timer serves every owed reply: when it fires, only a reply due by then
+    ends the relay; otherwise it waits for the oldest one still owed."""
+    async def scenario() -> None:
+        async with relayed(reply_timeout=60) as link:
+            await link.frontend.value(FrontendRequest.GET_FEATURES)  # the relay runs
+            relay = link.relay
+            now = asyncio.get_running_loop().time()
+            relay._pending.append((FrontendRequest.GET_FEATURES, now + 60))
+            relay._check_replies()  # fired early (an earlier request's due time)
+            assert not link.task.done() and relay._reply_timer is not None
+            relay._pending.appendleft((FrontendRequest.GET_QUEUE_NUM, now - 1))
+            relay._check_replies()
+            result = await link.result()
+        assert result.outcome is RelayOutcome.BACKEND_TIMEOUT
+        assert "did not answer GET_QUEUE_NUM within 60 s" in result.detail
+
+    run(scenario())
+
+
 def test_frontend_disconnect_closes_the_backend_cleanly() -> None:
     async def scenario() -> None:
         async with relayed() as link:

@@ -373,5 +373,19 @@ def test_backend_channel_needs_backend_req_and_send_fd() -> None:
     assert session.awaiting_reply(Channel.BACKEND) is None
 
 
+def test_backend_requests_never_run_the_frontend_rules_of_their_code() -> None:
+    """Request codes are per channel: back-end request 2 (CONFIG_CHANGE_MSG) is no
+    SET_FEATURES, 4 (VRING_CALL) no RESET_OWNER (IntEnum members of both compare
+    equal as ints)."""
+    protocol = P.BACKEND_REQ | P.CONFIG | P.REPLY_ACK | P.INBAND_NOTIFICATIONS
+    session = Session(Role.FRONTEND, offered_features=DPDK_FEATURES,
+                      offered_protocol_features=protocol)
+    session.send(Message(F.SET_PROTOCOL_FEATURES, U64(protocol)))
+    session.send(Message(F.SET_OWNER))
+    session.receive(Message(BackendRequest.CONFIG_CHANGE_MSG))
+    session.receive(Message(BackendRequest.VRING_CALL, VringState(0, 0)))
+    assert session.owner and session.state is SessionState.ACTIVE
+
+
 def test_reserved_num_must_be_zero() -> None:
     refuse(negotiated(), Message(F.GET_VRING_BASE, VringState(0, 3)), "reserved num")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -38,19 +39,44 @@ def _cli_argv(verbose: int, *arguments: str) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProxyLaunch:
+    """How the lab starts a proxy process, beyond its command line (for benchmarks).
+
+    ``source``: the ``src`` directory of another vhostcompat tree, whose proxy
+    runs instead of this one (its ``PYTHONPATH``): two versions measured side
+    by side in one run. ``cpus``: the CPUs the proxy may run on (its affinity,
+    set as it starts, before it relays anything), to keep it off the CPUs of
+    another program's threads.
+    """
+
+    source: Path | None = None
+    cpus: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus is not None and (not self.cpus or min(self.cpus) < 0):
+            raise InputError(f"a proxy's CPUs must be CPU numbers, not {sorted(self.cpus)}")
+
+    def environment(self) -> dict[str, str] | None:
+        """What the proxy's environment adds (pure)."""
+        return None if self.source is None else {"PYTHONPATH": os.fspath(self.source)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ProxyMode:
     """The compatibility mode a proxy enforces, as its command line takes it.
 
     ``profile`` from ``catalogs`` (default: the shipped ones), or, with
     ``db`` and ``iface``, the interface's assigned version in that host store
     (where the proxy then records what was negotiated). Checked as the
-    command checks it, before any process starts.
+    command checks it, before any process starts. ``launch``: how its
+    process is started (:class:`ProxyLaunch`; benchmarks).
     """
 
     profile: str | None = None
     catalogs: tuple[Path, ...] = ()
     db: str | None = None
     iface: str | None = None
+    launch: ProxyLaunch = ProxyLaunch()
 
     def __post_init__(self) -> None:
         if (self.db is None) != (self.iface is None):
@@ -139,7 +165,11 @@ async def run_proxy(config: ProxyConfig, run_dir: Path, name: str = "proxy", *,
                     start_timeout: float = PROXY_START_TIMEOUT) -> AsyncIterator[RunningProxy]:
     """Start the proxy; ready once it listens/connects (status ``waiting``). Stopped on exit."""
     config.status_file.unlink(missing_ok=True)
-    async with managed_process(name, proxy_argv(config), run_dir) as process:
+    launch = config.mode.launch
+    async with managed_process(name, proxy_argv(config), run_dir,
+                               env=launch.environment()) as process:
+        if launch.cpus is not None:
+            _set_affinity(process.pid, launch.cpus)
         proxy = RunningProxy(config, process)
         # A start that fails writes "failed" and exits: keep waiting, so that
         # the exit is reported with the proxy's log.
@@ -147,6 +177,14 @@ async def run_proxy(config: ProxyConfig, run_dir: Path, name: str = "proxy", *,
             lambda status: status.state not in (ProxyState.STARTING, ProxyState.FAILED),
             start_timeout, "started")
         yield proxy
+
+
+def _set_affinity(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(thread), cpus)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from vhostcompat.profiles import CompatProfile, feature_labels
 from vhostcompat.vhostuser import (
     U64,
     FrontendRequest,
+    HeaderFlags,
     Message,
     SessionLimits,
     VringState,
@@ -54,6 +55,11 @@ RING_REQUESTS = frozenset({
     FrontendRequest.SET_VRING_ERR, FrontendRequest.SET_VRING_ENABLE,
     FrontendRequest.SET_VRING_ENDIAN, FrontendRequest.VRING_KICK,
 })
+
+
+_REPLY = int(HeaderFlags.REPLY)
+_LOG_ALL = int(VirtioFeature.VHOST_F_LOG_ALL)
+_LOG_SHMFD = int(ProtocolFeature.LOG_SHMFD)
 
 
 def _labels(value: VirtioFeature | ProtocolFeature) -> str:
@@ -115,7 +121,7 @@ class ProxyPolicy:
 
     def offer_features(self, backend: VirtioFeature) -> VirtioFeature:
         """The GET_FEATURES answer: backend ∩ profile."""
-        return VirtioFeature(int(backend) & int(self.profile.virtio_features))
+        return VirtioFeature(self.offer(FrontendRequest.GET_FEATURES, backend).offered)
 
     def offer_protocol_features(self, backend: ProtocolFeature) -> ProtocolFeature:
         """The GET_PROTOCOL_FEATURES answer: backend ∩ profile ∩ relayable.
@@ -123,10 +129,7 @@ class ProxyPolicy:
         A profile that declares no protocol features leaves the back-end's
         (minus what the proxy cannot relay).
         """
-        allowed = int(RELAYABLE_PROTOCOL_FEATURES)
-        if self.profile.protocol_features is not None:
-            allowed &= int(self.profile.protocol_features)
-        return ProtocolFeature(int(backend) & allowed)
+        return ProtocolFeature(self.offer(FrontendRequest.GET_PROTOCOL_FEATURES, backend).offered)
 
     def queue_num(self, backend: int) -> int:
         """The GET_QUEUE_NUM answer: min(backend, the profile's max_queue_pairs)."""
@@ -135,17 +138,28 @@ class ProxyPolicy:
         return min(backend, self.profile.max_queue_pairs)
 
     def offer(self, request: FrontendRequest, backend: int) -> Offer:
-        """The answer to a GET_FEATURES / GET_PROTOCOL_FEATURES / GET_QUEUE_NUM reply."""
+        """The answer to a GET_FEATURES / GET_PROTOCOL_FEATURES / GET_QUEUE_NUM reply
+        (in ints: the back-end's word is not made an IntFlag while relaying)."""
         if request is FrontendRequest.GET_FEATURES:
-            return Offer(request, backend, int(self.offer_features(VirtioFeature(backend))))
+            return Offer(request, backend, int(backend) & self._virtio_allowed)
         if request is FrontendRequest.GET_PROTOCOL_FEATURES:
-            return Offer(request, backend,
-                         int(self.offer_protocol_features(ProtocolFeature(backend))))
+            return Offer(request, backend, int(backend) & self._protocol_allowed)
         if request is FrontendRequest.GET_QUEUE_NUM:
             return Offer(request, backend, self.queue_num(backend))
         raise ValueError(f"{request.name} is not an answer the mode changes")
 
-    @property
+    @functools.cached_property
+    def _virtio_allowed(self) -> int:
+        return int(self.profile.virtio_features)
+
+    @functools.cached_property
+    def _protocol_allowed(self) -> int:
+        allowed = int(RELAYABLE_PROTOCOL_FEATURES)
+        if self.profile.protocol_features is not None:
+            allowed &= int(self.profile.protocol_features)
+        return allowed
+
+    @functools.cached_property
     def max_rings(self) -> int | None:
         """Ring indices the mode allows (two per queue pair; QEMU keeps the
         control queue to itself), or None when the profile sets no limit."""
@@ -160,14 +174,13 @@ class ProxyPolicy:
             max_ring_size=min(self.profile.max_ring_size or MAX_QUEUE_SIZE, MAX_QUEUE_SIZE),
         )
 
-    def migration_blockers(self, offered: VirtioFeature | None,
-                           protocol: ProtocolFeature | None) -> list[str]:
-        """Why QEMU would refuse to migrate a device offered this (either part may be
-        unknown yet: None)."""
+    def migration_blockers(self, offered: int | None, protocol: int | None) -> list[str]:
+        """Why QEMU would refuse to migrate a device offered this (feature words, or
+        their flags; either part may be unknown yet: None)."""
         blockers = []
-        if offered is not None and VirtioFeature.VHOST_F_LOG_ALL not in offered:
+        if offered is not None and not int(offered) & _LOG_ALL:
             blockers.append("VHOST_F_LOG_ALL (bit 26) is not offered")
-        if protocol is not None and ProtocolFeature.LOG_SHMFD not in protocol:
+        if protocol is not None and not int(protocol) & _LOG_SHMFD:
             blockers.append("protocol feature LOG_SHMFD is not offered")
         return blockers
 
@@ -176,26 +189,26 @@ class ProxyPolicy:
     def check(self, message: Message, session: Session) -> Refusal | None:
         """The mode's verdict on a front-end request, before the session sees it."""
         request = message.request
-        if not isinstance(request, FrontendRequest) or message.is_reply:
+        if type(request) is not FrontendRequest or int(message.flags) & _REPLY:
             return None
         payload = message.payload
         if request is FrontendRequest.SET_FEATURES and isinstance(payload, U64):
-            return self.check_features(session.offered_features, VirtioFeature(payload.value))
+            # The acked word stays an int: see the Session's feature words.
+            return self.check_features(session.offered_features, payload.value)
         if request is FrontendRequest.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
             return self.check_protocol_features(session.offered_protocol_features,
-                                                ProtocolFeature(payload.value))
+                                                payload.value)
         if request in RING_REQUESTS:
             index = payload.ring_index
-            if index is not None:
-                refusal = self.check_ring_index(request, index)
-                if refusal is not None:
-                    return refusal
+            limit = self.max_rings
+            if index is not None and limit is not None and index >= limit:
+                return self.check_ring_index(request, index)
             if request is FrontendRequest.SET_VRING_NUM and isinstance(payload, VringState):
                 return self.check_ring_size(payload.index, payload.num)
         return None
 
     def check_features(self, offered: VirtioFeature | None,
-                       requested: VirtioFeature) -> Refusal | None:
+                       requested: int) -> Refusal | None:
         """SET_FEATURES: every bit must be one we offered."""
         request = FrontendRequest.SET_FEATURES
         if offered is None:
@@ -214,15 +227,16 @@ class ProxyPolicy:
                                 f"(offered {format_mask(offered, VirtioFeature)})")
 
     def check_protocol_features(self, offered: ProtocolFeature | None,
-                                requested: ProtocolFeature) -> Refusal | None:
+                                requested: int) -> Refusal | None:
         """SET_PROTOCOL_FEATURES: every bit must be one we offered."""
         request = FrontendRequest.SET_PROTOCOL_FEATURES
         if offered is None:
             return Refusal(request, "no GET_PROTOCOL_FEATURES was answered on this connection")
-        extra = ProtocolFeature(outside(requested, offered))
+        extra = outside(requested, offered)
         if not extra:
             return None
-        return Refusal(request, f"acks protocol features {_labels(extra)} outside mode "
+        return Refusal(request, f"acks protocol features {_labels(ProtocolFeature(extra))} "
+                                f"outside mode "
                                 f"{self.version}'s offer ({int(offered):#x})")
 
     def check_ring_index(self, request: FrontendRequest, index: int) -> Refusal | None:

@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
-from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.proxy.policy import (
     Negotiated,
     Offer,
@@ -146,12 +145,11 @@ _CLOSED = {Side.FRONTEND: RelayOutcome.FRONTEND_CLOSED, Side.BACKEND: RelayOutco
 _BROKE = {Side.FRONTEND: RelayOutcome.FRONTEND_ERROR, Side.BACKEND: RelayOutcome.BACKEND_ERROR}
 
 
-@dataclasses.dataclass
-class _Pending:
-    """A request whose reply the back-end owes, with its timeout timer."""
-
-    request: FrontendRequest
-    timer: asyncio.TimerHandle
+# GET_* answers the mode may change (Relay._apply_offer).
+_REWRITTEN = frozenset({FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
+                        FrontendRequest.GET_QUEUE_NUM})
+# Request names for the stamps (an enum member's .name runs Python code).
+_NAMES: dict[FrontendRequest, str] = {request: request.name for request in FrontendRequest}
 
 
 class Relay:
@@ -177,7 +175,10 @@ class Relay:
         # back-end sees us as its front-end.
         self.frontend_session = Session(Role.BACKEND, limits=policy.session_limits())
         self.backend_session = Session(Role.FRONTEND)
-        self._pending: deque[_Pending] = deque()
+        # The requests whose reply the back-end owes, oldest first, with the loop time
+        # it is due by; one timer, for the oldest (re-armed as replies come).
+        self._pending: deque[tuple[FrontendRequest, float]] = deque()
+        self._reply_timer: asyncio.TimerHandle | None = None
         self._channel: tuple[MessageConnection, MessageConnection] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ended: asyncio.Future[RelayResult] | None = None
@@ -187,6 +188,7 @@ class Relay:
         self._negotiated_pending = False
         self.timings = timings if timings is not None else RelayTimings()
         self._cpu_clock = self.timings.cpu_clock
+        self._record = self.timings.samples.append
         self._frontend.cpu_clock = self._backend.cpu_clock = self._cpu_clock
 
     def frontend_stalling(self, at_least: float) -> bool:
@@ -204,6 +206,7 @@ class Relay:
         """Relay until one side closes or fails; everything is closed on return."""
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
+        self._reply_timer = loop.call_at(loop.time() + self.reply_timeout, self._check_replies)
         self._spawn(self._frontend_requests, Side.FRONTEND, "front-end requests")
         self._spawn(self._backend_replies, Side.BACKEND, "back-end replies")
         try:
@@ -245,8 +248,9 @@ class Relay:
 
     async def _shutdown(self) -> None:
         self._record_negotiated()
-        for pending in self._pending:
-            pending.timer.cancel()
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+            self._reply_timer = None
         self._pending.clear()
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
@@ -283,8 +287,11 @@ class Relay:
 
     def _stamp(self, message: Message, direction: str, source: MessageConnection) -> None:
         cpu = 0 if self._cpu_clock is None else self._cpu_clock() - source.received_cpu_ns
-        self.timings.add(Timing(message.request.name, direction, source.received_ns,
-                                time.monotonic_ns(), cpu, source.arrived_ns))
+        request = message.request
+        name = _NAMES[request] if type(request) is FrontendRequest else request.name
+        # tuple.__new__: Timing(...) runs the NamedTuple's Python constructor.
+        self._record(tuple.__new__(Timing, (name, direction, source.received_ns,
+                                            time.monotonic_ns(), cpu, source.arrived_ns)))
 
     def _closed_by_frontend(self) -> NoReturn:
         session = self.frontend_session
@@ -327,14 +334,16 @@ class Relay:
                 raise
             if message.request is FrontendRequest.SET_BACKEND_REQ_FD:
                 outgoing = self._open_backend_channel(message)
-            self.backend_session.send(outgoing)
-            if self.backend_session.reply_expected(outgoing):
-                self._expect_reply(outgoing)
+            if self.backend_session.send(outgoing):
+                self._expect_reply(message.request)
             # Unchanged (fds travel beside the bytes): the bytes as they came.
             wire = self._frontend.last_wire if outgoing.payload is message.payload else None
-            await self._send(self._backend, Side.BACKEND, outgoing, wire)
+            try:
+                await self._backend.send_message(outgoing, wire)
+            except TransportError as error:
+                _end(RelayOutcome.BACKEND_CLOSED, str(error))
         finally:
-            if owned:
+            if owned and outgoing.fds:
                 close_fds(outgoing.fds)
         if message.request in _STATE_REQUESTS and not self._negotiated_pending:
             # Once per burst, after it: QEMU's device start sends a dozen of
@@ -347,23 +356,43 @@ class Relay:
             self._negotiated_pending = False
             self.observer.record_negotiated(negotiated_from(self.frontend_session))
 
-    def _expect_reply(self, message: Message) -> None:
-        assert isinstance(message.request, FrontendRequest)
+    def _expect_reply(self, request: Request) -> None:
+        assert isinstance(request, FrontendRequest)
         loop = asyncio.get_running_loop()
-        request = message.request
-        timer = loop.call_later(self.reply_timeout, self._reply_timed_out, request)
-        self._pending.append(_Pending(request, timer))
+        due = loop.time() + self.reply_timeout
+        self._pending.append((request, due))
+        if self._reply_timer is None:
+            self._reply_timer = loop.call_at(due, self._check_replies)
 
-    def _reply_timed_out(self, request: FrontendRequest) -> None:
+    def _check_replies(self) -> None:
+        """The oldest reply owed may be late: end the relay if so, else look again
+        when the oldest one still owed is due.
+
+        The timer stays armed while nothing is owed (a timeout ahead: it fires
+        no earlier than any reply later owed is due), so that a request owed a
+        reply after a quiet spell (a migration's device stop) needs no timer
+        of its own.
+        """
+        loop = asyncio.get_running_loop()
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()  # itself, unless called otherwise (a test)
+        if not self._pending:
+            self._reply_timer = loop.call_at(loop.time() + self.reply_timeout,
+                                             self._check_replies)
+            return
+        request, due = self._pending[0]
+        if loop.time() < due:
+            self._reply_timer = loop.call_at(due, self._check_replies)
+            return
+        self._reply_timer = None
         self._finish(RelayResult(
             RelayOutcome.BACKEND_TIMEOUT,
             f"the back-end did not answer {request.name} within {self.reply_timeout:g} s; "
             "closing the front-end connection"))
 
-    async def _send(self, connection: MessageConnection, side: Side, message: Message,
-                    wire: bytes | None = None) -> None:
+    async def _send(self, connection: MessageConnection, side: Side, message: Message) -> None:
         try:
-            await connection.send_message(message, wire)
+            await connection.send_message(message)
         except TransportError as error:
             _end(_CLOSED[side], str(error))
 
@@ -388,36 +417,38 @@ class Relay:
                 owned = False
                 raise
             if self._pending:
-                self._pending.popleft().timer.cancel()
+                self._pending.popleft()
             outgoing = self._apply_offer(reply)
             self.frontend_session.send(outgoing)
             wire = self._backend.last_wire if outgoing is reply else None
-            await self._send(self._frontend, Side.FRONTEND, outgoing, wire)
+            try:
+                await self._frontend.send_message(outgoing, wire)
+            except TransportError as error:
+                _end(RelayOutcome.FRONTEND_CLOSED, str(error))
         finally:
-            if owned:
+            if owned and outgoing.fds:
                 close_fds(outgoing.fds)
 
     def _apply_offer(self, reply: Message) -> Message:
         request = reply.request
-        if request not in (FrontendRequest.GET_FEATURES, FrontendRequest.GET_PROTOCOL_FEATURES,
-                           FrontendRequest.GET_QUEUE_NUM) or not isinstance(reply.payload, U64):
+        if request not in _REWRITTEN or not isinstance(reply.payload, U64):
             return reply
         assert isinstance(request, FrontendRequest)
         offer = self.policy.offer(request, reply.payload.value)
         if self.offers.get(request) != offer:
-            # QEMU asks GET_FEATURES twice per connection: say it once.
+            # QEMU asks GET_FEATURES twice per connection: say (and record) it once.
             self.log.info("%s", offer.describe(self.policy.version))
             if request is FrontendRequest.GET_FEATURES:
-                blockers = self.policy.migration_blockers(VirtioFeature(offer.offered), None)
+                blockers = self.policy.migration_blockers(offer.offered, None)
             elif request is FrontendRequest.GET_PROTOCOL_FEATURES:
-                blockers = self.policy.migration_blockers(None, ProtocolFeature(offer.offered))
+                blockers = self.policy.migration_blockers(None, offer.offered)
             else:
                 blockers = []
             for blocker in blockers:
                 self.log.warning("mode %s: QEMU will not migrate this device: %s",
                                  self.policy.version, blocker)
-        self.offers[request] = offer
-        self.observer.record_offer(offer)
+            self.offers[request] = offer
+            self.observer.record_offer(offer)
         return dataclasses.replace(reply, payload=U64(offer.offered))
 
     # -- the back-end channel (SET_BACKEND_REQ_FD) ------------------------------------

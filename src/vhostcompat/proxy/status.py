@@ -54,6 +54,10 @@ from vhostcompat.vhostuser import FrontendRequest
 _log = logging.getLogger(__name__)
 
 MAX_REFUSALS = 10
+# Status fields that are feature flags (the board may hold them as ints until read).
+_FLAG_FIELDS: dict[str, type[VirtioFeature] | type[ProtocolFeature]] = {
+    "backend_features": VirtioFeature, "offered_features": VirtioFeature,
+    "backend_protocol_features": ProtocolFeature, "offered_protocol_features": ProtocolFeature}
 COALESCE = 0.05  # seconds of changes gathered into one publication
 _T = TypeVar("_T")
 
@@ -361,7 +365,12 @@ class StatusBoard:
     @property
     def status(self) -> ProxyStatus:
         if self._pending:
-            self._status = replace(self._status, **self._pending)
+            # Offers are recorded as the ints the relay has: flags are made here,
+            # when the status is read or published, not while relaying.
+            changes: dict[str, Any] = {
+                name: value if value is None or name not in _FLAG_FIELDS
+                else _FLAG_FIELDS[name](value) for name, value in self._pending.items()}
+            self._status = replace(self._status, **changes)
             self._pending = {}
         return self._status
 
@@ -405,11 +414,10 @@ class StatusBoard:
     def record_offer(self, offer: Offer) -> None:
         match offer.request:
             case FrontendRequest.GET_FEATURES:
-                self._update(backend_features=VirtioFeature(offer.backend),
-                             offered_features=VirtioFeature(offer.offered))
+                self._update(backend_features=offer.backend, offered_features=offer.offered)
             case FrontendRequest.GET_PROTOCOL_FEATURES:
-                self._update(backend_protocol_features=ProtocolFeature(offer.backend),
-                             offered_protocol_features=ProtocolFeature(offer.offered))
+                self._update(backend_protocol_features=offer.backend,
+                             offered_protocol_features=offer.offered)
             case FrontendRequest.GET_QUEUE_NUM:
                 self._update(backend_queue_num=offer.backend, offered_queue_num=offer.offered)
 

@@ -26,30 +26,34 @@ import logging
 import os
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
 from vhostcompat.vhostuser.errors import LocalMessageError, PayloadError, RemoteMessageError
 from vhostcompat.vhostuser.payloads import EMPTY, MAX_PAYLOAD_SIZE, U64, Payload
 from vhostcompat.vhostuser.requests import (
+    BACKEND_SPECS,
+    FRONTEND_SPECS,
     HEADER_SIZE,
     MAX_FDS,
     VERSION_MASK,
     BackendRequest,
     Channel,
+    FdKind,
     FrontendRequest,
     HeaderFlags,
     PayloadRule,
     Request,
     RequestSpec,
     Role,
-    lookup,
     spec_for,
 )
 
 _HEADER = struct.Struct("=III")
+_new = object.__new__
+_set = object.__setattr__
 _log = logging.getLogger(__name__)
 # Plain ints for the per-message flag tests: an IntFlag operation runs
 # Python code (and builds a new member) where an int one is a C call, and a
@@ -61,8 +65,14 @@ _int_and = int.__and__
 # The (few) flag words seen, as members: HeaderFlags(raw) is costly too.
 _FLAGS: dict[int, HeaderFlags] = {}
 # Who sends a request or its reply, by request type and reply bit.
-_SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
+SENDERS = {(FrontendRequest, False): Role.FRONTEND, (FrontendRequest, True): Role.BACKEND,
             (BackendRequest, False): Role.BACKEND, (BackendRequest, True): Role.FRONTEND}
+
+
+def sender_of(request: Request, reply: bool) -> Role:
+    """Who sends ``request`` (``reply=False``) or its reply: the channel's requester,
+    or its peer."""
+    return SENDERS[type(request), reply]
 
 
 def header_flags(raw: int) -> HeaderFlags:
@@ -109,7 +119,7 @@ class Message:
     @property
     def sender(self) -> Role:
         """Who sends this message: the channel's requester, or its peer for a reply."""
-        return _SENDERS[type(self.request), bool(_int_and(self.flags, _REPLY))]
+        return sender_of(self.request, bool(_int_and(self.flags, _REPLY)))
 
     def __str__(self) -> str:
         marks = (" reply" if self.is_reply else "") + (" need_reply" if self.need_reply else "")
@@ -205,12 +215,53 @@ class _FdChunk:
     fds: list[int]
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
+class _Header(NamedTuple):
+    """A header that passed its checks, with the payload rule its size selected."""
+
     request: Request
     flags: HeaderFlags
     size: int
+    rule: PayloadRule
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoding:
+    """What the decoder needs of one request code on its channel and direction."""
+
+    spec: RequestSpec
     rules: tuple[PayloadRule, ...]
+    # Size -> the first rule that allows it, when every rule has exact sizes
+    # (nearly all requests: one dict lookup instead of trying each rule).
+    by_size: Mapping[int, PayloadRule] | None
+
+    @classmethod
+    def of(cls, spec: RequestSpec, reply: bool) -> _Decoding:
+        rules = rules_for(spec, reply)
+        if not all(rule.payload.SIZE.exact for rule in rules):
+            return cls(spec, rules, None)
+        by_size: dict[int, PayloadRule] = {}
+        for rule in rules:
+            for size in sorted(rule.payload.SIZE.exact):
+                by_size.setdefault(size, rule)
+        return cls(spec, rules, by_size)
+
+    def rule_for(self, size: int) -> PayloadRule | None:
+        if self.by_size is not None:
+            return self.by_size.get(size)
+        return _rule_for_size(self.rules, size)
+
+
+# Per channel and direction (replies or not): request code -> its decoding.
+_DECODINGS: dict[tuple[Channel, bool], Mapping[int, _Decoding]] = {
+    (channel, reply): {code: _Decoding.of(spec, reply) for code, spec in (
+        FRONTEND_SPECS if channel is Channel.FRONTEND else BACKEND_SPECS).items()}
+    for channel in Channel for reply in (False, True)}
+
+# Headers that passed the checks, by their three words, per channel and
+# direction: a peer repeats a few dozen; bounded, whatever it sends.
+_MAX_HEADERS = 256
+_HEADERS: dict[tuple[Channel, bool], dict[tuple[int, int, int], _Header]] = {
+    key: {} for key in _DECODINGS}
 
 
 class Decoder:
@@ -231,6 +282,8 @@ class Decoder:
         self.sender = sender
         # Replies flow from the peer of the channel's requester.
         self.replies = sender is not channel.requester
+        self._decodings = _DECODINGS[channel, self.replies]
+        self._headers = _HEADERS[channel, self.replies]
         self._buffer = bytearray()
         self._offset = 0  # stream position of self._buffer[0]
         self._chunks: deque[_FdChunk] = deque()
@@ -256,7 +309,7 @@ class Decoder:
         The decoder owns ``fds`` from now on: they go out in a message or get
         closed. A broken or closed decoder closes them and raises.
         """
-        checked = _check_fds(fds)
+        checked = _check_fds(fds) if fds else ()
         if self._error is not None:
             close_fds(checked)
             raise self._error
@@ -275,33 +328,48 @@ class Decoder:
         """The next complete message, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error
+        buffer = self._buffer
+        available = len(buffer)
         header = self._header
         if header is None:
-            if len(self._buffer) < HEADER_SIZE:
+            if available < HEADER_SIZE:
                 return None
-            header = self._header = self._parse_header()
-        end = HEADER_SIZE + header.size
-        if len(self._buffer) < end:
+            # A header seen before passes the same checks: look it up whole.
+            header = self._headers.get(_HEADER.unpack_from(buffer)) or self._parse_header()
+        request, flags, size, rule = header
+        end = HEADER_SIZE + size
+        if available < end:
+            self._header = header
             return None
-        wire = bytes(self._buffer[:end])
-        body = wire[HEADER_SIZE:]
-        fds = self._claim_fds(self._offset, self._offset + end, header.request)
+        # Most chunks hold exactly one message.
+        wire = bytes(buffer) if available == end else bytes(memoryview(buffer)[:end])
+        fds = self._claim_fds(self._offset, self._offset + end, request) if self._chunks \
+            else ()
         try:
-            rule = _rule_for_size(header.rules, header.size)
-            assert rule is not None  # the header was refused otherwise
-            payload = rule.payload.unpack(body)
-            problem = rule.fds.check(payload, len(fds))
+            payload = rule.payload.unpack_body(wire[HEADER_SIZE:])
+            problem = rule.fds.check(payload, len(fds)) if fds or \
+                rule.fds.kind is not FdKind.NONE else None
         except PayloadError as error:
             close_fds(fds)
-            self._fail(RemoteMessageError(str(error), request=header.request))
+            self._fail(RemoteMessageError(str(error), request=request))
         if problem is not None:
             close_fds(fds)
-            self._fail(RemoteMessageError(problem, request=header.request))
-        del self._buffer[:end]
+            self._fail(RemoteMessageError(problem, request=request))
+        if available == end:
+            buffer.clear()
+        else:
+            del buffer[:end]
         self._offset += end
         self._header = None
         self.last_wire = wire
-        return Message(header.request, payload, header.flags, fds)
+        # Message(...) without its (generated) constructor: one function fewer
+        # per message (see payloads' _new); the fields are the checked ones.
+        message = _new(Message)
+        _set(message, "request", request)
+        _set(message, "payload", payload)
+        _set(message, "flags", flags)
+        _set(message, "fds", fds)
+        return message
 
     def __iter__(self) -> Iterator[Message]:
         while (message := self.next_message()) is not None:
@@ -333,28 +401,35 @@ class Decoder:
         raise error
 
     def _parse_header(self) -> _Header:
-        code, raw_flags, size = _HEADER.unpack_from(self._buffer)
+        """Check the buffered header (the first time these three words are seen)."""
+        words = _HEADER.unpack_from(self._buffer)
+        code, raw_flags, size = words
         if raw_flags & VERSION_MASK != _VERSION_1:
             self._fail(RemoteMessageError(
                 f"header version {raw_flags & VERSION_MASK} (flags {raw_flags:#x}), "
                 "expected 1"))
-        spec = lookup(self.channel, code)
-        if spec is None:
+        decoding = self._decodings.get(code)
+        if decoding is None:
             kind = "front-end" if self.channel is Channel.FRONTEND else "back-end"
             self._fail(RemoteMessageError(f"unknown {kind} request {code}"))
+        spec = decoding.spec
         if bool(raw_flags & _REPLY) != self.replies:
             expected = "replies" if self.replies else "requests"
             self._fail(RemoteMessageError(
                 f"the {self.sender.value} only sends {expected} on the "
                 f"{self.channel.value} socket (flags {raw_flags:#x})", request=spec.request))
-        rules = rules_for(spec, self.replies)
-        if size > MAX_PAYLOAD_SIZE or _rule_for_size(rules, size) is None:
+        rule = decoding.rule_for(size) if size <= MAX_PAYLOAD_SIZE else None
+        if rule is None:
             expected = " or ".join(
-                f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})" for rule in rules)
+                f"{rule.payload.__name__} ({rule.payload.SIZE.describe()})"
+                for rule in decoding.rules)
             kind = "reply" if self.replies else "request"
             self._fail(RemoteMessageError(
                 f"{kind} payload size {size} does not fit {expected}", request=spec.request))
-        return _Header(spec.request, header_flags(raw_flags), size, rules)
+        header = _Header(spec.request, header_flags(raw_flags), size, rule)
+        if len(self._headers) < _MAX_HEADERS:
+            self._headers[words] = header
+        return header
 
     def _claim_fds(self, start: int, end: int, request: Request) -> tuple[int, ...]:
         """The fds of the message occupying stream bytes [start, end)."""

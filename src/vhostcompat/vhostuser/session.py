@@ -23,22 +23,28 @@ same error. A message we were about to send raises
 
 Whether a reply is owed is :meth:`Session.reply_expected`: a back-end and a
 proxy share that rule instead of each guessing.
+
+A proxy shows every relayed message to two sessions, so this runs for each
+message twice: the per-request facts are looked up once, in a plan per
+request (:class:`_Plan`) built from the table, feature words are tested as
+plain ints (an IntFlag operator runs Python code and builds a member), and
+rings are kept as mutable records, their :class:`RingState` snapshots made
+only when someone reads :attr:`Session.rings`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from vhostcompat.errors import LocalProtocolError, RemoteProtocolError
 from vhostcompat.features import ProtocolFeature, VirtioFeature, names, outside
-from vhostcompat.vhostuser.codec import Message, close_fds
+from vhostcompat.vhostuser.codec import SENDERS, Message, close_fds
 from vhostcompat.vhostuser.errors import LocalMessageError, RemoteMessageError
 from vhostcompat.vhostuser.payloads import (
     MAX_CONFIG_SIZE,
@@ -56,10 +62,13 @@ from vhostcompat.vhostuser.payloads import (
     VringState,
 )
 from vhostcompat.vhostuser.requests import (
+    BACKEND_SPECS,
+    FRONTEND_SPECS,
     Channel,
     FrontendRequest,
     ReplyWhen,
     Request,
+    RequestSpec,
     Role,
 )
 
@@ -69,6 +78,17 @@ _Features = TypeVar("_Features", VirtioFeature, ProtocolFeature)
 _LIMIT_64 = 1 << 64
 # Virtio's largest queue size (split rings must also be a power of two).
 MAX_QUEUE_SIZE = 32768
+# The bits the generic checks test, as plain ints (see the module docstring).
+_REPLY = 0x4
+_NEED_REPLY = 0x8
+_int_and = int.__and__
+_PROTOCOL_FEATURES_BIT = int(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)
+_RING_PACKED_BIT = int(VirtioFeature.VIRTIO_F_RING_PACKED)
+_BACKEND_REQ_BIT = int(ProtocolFeature.BACKEND_REQ)
+_BACKEND_SEND_FD_BIT = int(ProtocolFeature.BACKEND_SEND_FD)
+_REPLY_ACK_BIT = int(ProtocolFeature.REPLY_ACK)
+_INBAND_NOTIFICATIONS_BIT = int(ProtocolFeature.INBAND_NOTIFICATIONS)
+_XEN_MMAP_BIT = int(ProtocolFeature.XEN_MMAP)
 
 
 class ReplyAckPolicy(enum.Enum):
@@ -118,6 +138,26 @@ class RingState:
     started: bool = False
 
 
+class _Ring:
+    """One ring as the session changes it; :meth:`state` is its :class:`RingState`."""
+
+    __slots__ = ("address", "base", "call", "enabled", "err", "index", "kick", "num",
+                 "started")
+
+    def __init__(self, index: int, enabled: bool) -> None:
+        self.index = index
+        self.num: int | None = None
+        self.base: int | None = None
+        self.address: VringAddress | None = None
+        self.kick = self.call = self.err = FdState.UNSET
+        self.enabled = enabled
+        self.started = False
+
+    def state(self) -> RingState:
+        return RingState(self.index, self.num, self.base, self.address, self.kick, self.call,
+                         self.err, self.enabled, self.started)
+
+
 class _Violation(Exception):
     """A rule broken by a message; turned into a Local or Remote error."""
 
@@ -125,7 +165,6 @@ class _Violation(Exception):
         super().__init__(reason)
         self.reason = reason
         self.ring = ring
-
 
 
 def _names(value: int, kind: type[_Features]) -> str:
@@ -140,16 +179,29 @@ class Session:
                  offered_features: VirtioFeature | None = None,
                  offered_protocol_features: ProtocolFeature | None = None) -> None:
         self.role = role
+        self._peer = role.peer
         self.limits = limits or SessionLimits()
+        self._max_rings = self.limits.max_rings
         self.reply_ack_policy = reply_ack_policy
+        self._ack_when_requested = reply_ack_policy is ReplyAckPolicy.WHEN_REQUESTED
         self.state = SessionState.ACTIVE
         self.error: RemoteProtocolError | None = None
         # Learned from the GET_FEATURES / GET_PROTOCOL_FEATURES replies seen,
         # or given when the session starts after them.
+        # The feature words as ints (None: not known yet); the properties make
+        # the flags when read. A peer's value is never made an IntFlag while
+        # relaying: the first IntFlag of a new value costs ~30 us (the enum
+        # builds and caches a pseudo-member), and QEMU acks a set the warmed-up
+        # proxy never saw in the middle of a migration's downtime.
+        self._offered: int | None = None
+        self._offered_protocol: int | None = None
+        self._acked: int | None = None
+        self._acked_protocol: int | None = None
+        self._offers_protocol_features = False
+        self._packed = False
+        self._protocol = 0  # the acked protocol features, 0 before any
         self.offered_features = offered_features
         self.offered_protocol_features = offered_protocol_features
-        self.acked_features: VirtioFeature | None = None
-        self.acked_protocol_features: ProtocolFeature | None = None
         self.owner = False
         self.queue_num: int | None = None
         self.max_memory_slots: int | None = None
@@ -158,17 +210,61 @@ class Session:
         self.backend_channel = False
         self.postcopy_listening = False
         self._regions: list[MemoryRegion] = []
-        self._rings: dict[int, RingState] = {}
+        self._rings: dict[int, _Ring] = {}
+        self._ring_states: Mapping[int, RingState] | None = None  # the snapshot, if current
         # Without VHOST_USER_F_PROTOCOL_FEATURES acked, rings start enabled.
         self._rings_enabled_by_default = False
-        self._awaiting: dict[Channel, deque[Message]] = {
-            Channel.FRONTEND: deque(), Channel.BACKEND: deque()}
+        # Requests whose reply is owed: on the main socket, on the back-end channel.
+        self._awaiting: tuple[deque[Message], deque[Message]] = (deque(), deque())
+
+    # -- the feature words, kept as ints too (the checks test bits per message) --------
+
+    @property
+    def offered_features(self) -> VirtioFeature | None:
+        return None if self._offered is None else VirtioFeature(self._offered)
+
+    @offered_features.setter
+    def offered_features(self, value: int | None) -> None:
+        self._offered = None if value is None else int(value)
+        self._offers_protocol_features = bool(
+            value is not None and _int_and(value, _PROTOCOL_FEATURES_BIT))
+
+    @property
+    def offered_protocol_features(self) -> ProtocolFeature | None:
+        return None if self._offered_protocol is None else ProtocolFeature(
+            self._offered_protocol)
+
+    @offered_protocol_features.setter
+    def offered_protocol_features(self, value: int | None) -> None:
+        self._offered_protocol = None if value is None else int(value)
+
+    @property
+    def acked_features(self) -> VirtioFeature | None:
+        return None if self._acked is None else VirtioFeature(self._acked)
+
+    @acked_features.setter
+    def acked_features(self, value: int | None) -> None:
+        self._acked = None if value is None else int(value)
+        self._packed = bool(value is not None and _int_and(value, _RING_PACKED_BIT))
+
+    @property
+    def acked_protocol_features(self) -> ProtocolFeature | None:
+        return None if self._acked_protocol is None else ProtocolFeature(self._acked_protocol)
+
+    @acked_protocol_features.setter
+    def acked_protocol_features(self, value: int | None) -> None:
+        self._acked_protocol = None if value is None else int(value)
+        self._protocol = 0 if value is None else int(value)
 
     # -- what the session knows ------------------------------------------------
 
     @property
     def rings(self) -> Mapping[int, RingState]:
-        return MappingProxyType(self._rings)
+        """Every ring the session has seen, as of now (a snapshot)."""
+        if self._ring_states is None:
+            self._ring_states = MappingProxyType(
+                {index: ring.state() for index, ring in self._rings.items()})
+        return self._ring_states
 
     @property
     def memory_regions(self) -> tuple[MemoryRegion, ...]:
@@ -177,16 +273,15 @@ class Session:
     @property
     def protocol_features(self) -> ProtocolFeature:
         """The negotiated protocol features (none before SET_PROTOCOL_FEATURES)."""
-        return self.acked_protocol_features or ProtocolFeature(0)
+        return ProtocolFeature(self._protocol)
 
     @property
     def reply_ack(self) -> bool:
-        return bool(self.protocol_features & ProtocolFeature.REPLY_ACK)
+        return bool(self._protocol & _REPLY_ACK_BIT)
 
     @property
     def packed_ring(self) -> bool:
-        return bool(self.acked_features and
-                    self.acked_features & VirtioFeature.VIRTIO_F_RING_PACKED)
+        return self._packed
 
     def started_rings(self) -> tuple[int, ...]:
         return tuple(index for index, ring in sorted(self._rings.items()) if ring.started)
@@ -196,30 +291,32 @@ class Session:
 
     def awaiting_reply(self, channel: Channel = Channel.FRONTEND) -> Request | None:
         """The request whose reply is owed next on ``channel``, if any."""
-        awaiting = self._awaiting[channel]
+        awaiting = self._awaiting[channel is Channel.BACKEND]
         return awaiting[0].request if awaiting else None
 
     def reply_expected(self, message: Message) -> bool:
         """Whether the request ``message`` must be answered (its reply or an ack)."""
-        spec = message.spec
-        ack = message.need_reply and (
-            self.reply_ack_policy is ReplyAckPolicy.WHEN_REQUESTED or self.reply_ack)
-        match spec.reply_when:
-            case ReplyWhen.ALWAYS:
-                return True
-            case ReplyWhen.WITH_PROTOCOL_FEATURE:
-                assert spec.reply_feature is not None
-                return bool(self.protocol_features & spec.reply_feature) or ack
-            case ReplyWhen.POSTCOPY:
-                return self.postcopy_listening or ack
-            case ReplyWhen.ACK_ONLY:
-                return ack
-        raise AssertionError(spec.reply_when)  # pragma: no cover
+        return self._reply_expected(message, _plan(message.request))
+
+    def _reply_expected(self, message: Message, plan: _Plan) -> bool:
+        when = plan.reply_when
+        if when is ReplyWhen.ALWAYS:
+            return True
+        ack = bool(_int_and(message.flags, _NEED_REPLY)) and (
+            self._ack_when_requested or bool(self._protocol & _REPLY_ACK_BIT))
+        if when is ReplyWhen.ACK_ONLY:
+            return ack
+        if when is ReplyWhen.WITH_PROTOCOL_FEATURE:
+            return bool(self._protocol & plan.reply_feature) or ack
+        if when is ReplyWhen.POSTCOPY:
+            return self.postcopy_listening or ack
+        raise AssertionError(when)  # pragma: no cover
 
     # -- feeding messages ----------------------------------------------------------
 
-    def receive(self, message: Message) -> None:
-        """Check and apply a message the peer sent.
+    def receive(self, message: Message) -> bool:
+        """Check and apply a message the peer sent; whether it is a request we now owe
+        a reply to (:meth:`reply_expected`).
 
         On a violation the message's fds are closed, the session is latched
         BROKEN and :class:`RemoteMessageError` is raised.
@@ -228,7 +325,7 @@ class Session:
             close_fds(message.fds)
             raise self.error
         try:
-            self._process(message, self.role.peer)
+            return self._process(message, self._peer)
         except _Violation as violation:
             close_fds(message.fds)
             self.error = RemoteMessageError(violation.reason, request=message.request,
@@ -236,78 +333,97 @@ class Session:
             self.state = SessionState.BROKEN
             raise self.error from None
 
-    def send(self, message: Message) -> None:
-        """Check and apply a message we are about to send (LocalMessageError if refused)."""
+    def send(self, message: Message) -> bool:
+        """Check and apply a message we are about to send (LocalMessageError if refused);
+        whether it is a request the peer now owes a reply to (:meth:`reply_expected`)."""
         if self.error is not None:
             raise LocalProtocolError(f"session is broken: {self.error}")
         try:
-            self._process(message, self.role)
+            return self._process(message, self.role)
         except _Violation as violation:
             raise LocalMessageError(violation.reason, request=message.request,
                                     ring=violation.ring) from None
 
-    def _process(self, message: Message, sender: Role) -> None:
-        if message.sender is not sender:
-            kind = "reply" if message.is_reply else "request"
-            raise _Violation(f"a {sender.value} never sends this {kind} on the "
+    def _process(self, message: Message, sender: Role) -> bool:
+        request = message.request
+        kind = type(request)
+        plan = (_FRONTEND_PLANS if kind is FrontendRequest else _BACKEND_PLANS)[request]
+        flags = message.flags
+        reply = bool(_int_and(flags, _REPLY))
+        if SENDERS[kind, reply] is not sender:
+            what = "reply" if reply else "request"
+            raise _Violation(f"a {sender.value} never sends this {what} on the "
                              f"{message.channel.value} socket")
-        if message.is_reply:
-            self._process_reply(message)
-        else:
-            self._process_request(message)
-
-    def _process_request(self, message: Message) -> None:
-        self._check_generic(message)
-        rule = _REQUEST_RULES.get(message.request)
+        if reply:
+            self._process_reply(message, plan)
+            return False
+        self._check_generic(message, plan)
+        rule = plan.rule
         if rule is not None:
             rule(self, message)
-        if self.reply_expected(message):
-            self._awaiting[message.channel].append(message)
+        # Most requests are answered always, or only when asked (need_reply).
+        when = plan.reply_when
+        if when is ReplyWhen.ALWAYS:
+            expected = True
+        elif when is ReplyWhen.ACK_ONLY and not _int_and(flags, _NEED_REPLY):
+            expected = False
+        else:
+            expected = self._reply_expected(message, plan)
+        if expected:
+            self._awaiting[plan.backend_channel].append(message)
+        return expected
 
-    def _process_reply(self, message: Message) -> None:
-        awaiting = self._awaiting[message.channel]
+    def _process_reply(self, message: Message, plan: _Plan) -> None:
+        awaiting = self._awaiting[plan.backend_channel]
         if not awaiting:
             raise _Violation("reply to a request that expects none")
         request = awaiting[0]
         if request.request is not message.request:
             raise _Violation(f"reply while the reply to {request.request.name} is owed")
-        rule = _REPLY_RULES.get(message.request)
+        rule = plan.reply_rule
         if rule is not None:
             rule(self, request, message)
         awaiting.popleft()
 
-    def _check_generic(self, message: Message) -> None:
-        spec = message.spec
-        if message.channel is Channel.BACKEND:
-            if not self.protocol_features & ProtocolFeature.BACKEND_REQ:
+    def _check_generic(self, message: Message, plan: _Plan) -> None:
+        protocol = self._protocol
+        if plan.backend_channel:
+            if not protocol & _BACKEND_REQ_BIT:
                 raise _Violation("back-end channel message but BACKEND_REQ is not negotiated")
-            if message.fds and not self.protocol_features & ProtocolFeature.BACKEND_SEND_FD:
+            if message.fds and not protocol & _BACKEND_SEND_FD_BIT:
                 raise _Violation("fds on the back-end channel but BACKEND_SEND_FD is not "
                                  "negotiated")
-        if spec.needs_protocol_features and not (
-                self.offered_features and
-                self.offered_features & VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES):
+        if plan.needs_protocol_features and not self._offers_protocol_features:
             raise _Violation("VHOST_USER_F_PROTOCOL_FEATURES was not offered")
-        if spec.requires is not None and not self.protocol_features & spec.requires:
-            raise _Violation(f"protocol feature {spec.requires.name} is not negotiated")
-        ring = message.payload.ring_index
-        if ring is not None and ring >= self.limits.max_rings:
+        if plan.requires and not protocol & plan.requires:
+            assert plan.spec.requires is not None
+            raise _Violation(f"protocol feature {plan.spec.requires.name} is not negotiated")
+        payload = message.payload
+        ring = payload.ring_index
+        if ring is not None and ring >= self._max_rings:
             raise _Violation(f"ring index {ring} out of range "
-                             f"(at most {self.limits.max_rings} rings)", ring)
-        if spec.num_reserved and isinstance(message.payload, VringState) and \
-                message.payload.num != 0:
-            raise _Violation(f"reserved num field is {message.payload.num}, must be 0", ring)
+                             f"(at most {self._max_rings} rings)", ring)
+        if plan.num_reserved and isinstance(payload, VringState) and payload.num != 0:
+            raise _Violation(f"reserved num field is {payload.num}, must be 0", ring)
 
     # -- helpers for the rules -------------------------------------------------------
 
-    def _ring(self, index: int) -> RingState:
+    def _ring(self, index: int) -> _Ring:
+        """Ring ``index`` to change (made if new); call it once the message is valid."""
+        self._ring_states = None
         ring = self._rings.get(index)
         if ring is None:
-            ring = RingState(index, enabled=self._rings_enabled_by_default)
+            ring = self._rings[index] = _Ring(index, self._rings_enabled_by_default)
         return ring
 
-    def _update_ring(self, index: int, **changes: Any) -> None:
-        self._rings[index] = dataclasses.replace(self._ring(index), **changes)
+    def _each_ring(self) -> Iterator[_Ring]:
+        """Every ring, to change."""
+        self._ring_states = None
+        return iter(self._rings.values())
+
+    def _forget_rings(self) -> None:
+        self._ring_states = None
+        self._rings.clear()
 
 
 # -- per-request rules (validate everything, then apply) ------------------------------
@@ -319,11 +435,11 @@ def _payload(message: Message, kind: type[_P]) -> _P:
     return payload
 
 
-def _acked_within_offer(message: Message, kind: type[_Features], offered: _Features | None,
-                        offer_request: FrontendRequest, what: str) -> _Features:
+def _acked_within_offer(message: Message, kind: type[_Features], offered: int | None,
+                        offer_request: FrontendRequest, what: str) -> int:
     """What a SET_FEATURES / SET_PROTOCOL_FEATURES acks: refused before the back-end
     answered ``offer_request``, and when it acks a bit that answer did not offer."""
-    features = kind(_payload(message, U64).value)
+    features = _payload(message, U64).value
     if offered is None:
         raise _Violation(f"{message.request.name} before any {offer_request.name} reply")
     unoffered = outside(features, offered)
@@ -334,10 +450,10 @@ def _acked_within_offer(message: Message, kind: type[_Features], offered: _Featu
 
 
 def _set_features(session: Session, message: Message) -> None:
-    features = _acked_within_offer(message, VirtioFeature, session.offered_features,
+    features = _acked_within_offer(message, VirtioFeature, session._offered,
                                    _F.GET_FEATURES, "features")
     running = session.started_rings()
-    previous = session.acked_features
+    previous = session._acked
     if running and previous is not None:
         # Only dirty logging may change under running rings (migration).
         changed = outside(features ^ previous, VirtioFeature.VHOST_F_LOG_ALL)
@@ -345,20 +461,19 @@ def _set_features(session: Session, message: Message) -> None:
             raise _Violation(f"changes {_names(changed, VirtioFeature)} while rings "
                              f"{list(running)} are running")
     session.acked_features = features
-    if not features & VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES:
+    if not _int_and(features, _PROTOCOL_FEATURES_BIT):
         session._rings_enabled_by_default = True
-        for index in list(session._rings):
-            session._update_ring(index, enabled=True)
+        for ring in session._each_ring():
+            ring.enabled = True
 
 
 def _set_protocol_features(session: Session, message: Message) -> None:
-    features = _acked_within_offer(message, ProtocolFeature, session.offered_protocol_features,
+    features = _acked_within_offer(message, ProtocolFeature, session._offered_protocol,
                                    _F.GET_PROTOCOL_FEATURES, "protocol features")
-    inband_needs = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
-    if features & ProtocolFeature.INBAND_NOTIFICATIONS and features & inband_needs != \
-            inband_needs:
+    inband_needs = _BACKEND_REQ_BIT | _REPLY_ACK_BIT
+    if features & _INBAND_NOTIFICATIONS_BIT and features & inband_needs != inband_needs:
         raise _Violation("INBAND_NOTIFICATIONS needs BACKEND_REQ and REPLY_ACK")
-    if features & ProtocolFeature.XEN_MMAP:
+    if features & _XEN_MMAP_BIT:
         raise _Violation("XEN_MMAP memory region layout is not supported")
     session.acked_protocol_features = features
 
@@ -368,8 +483,8 @@ def _set_owner(session: Session, message: Message) -> None:
 
 
 def _stop_all_rings(session: Session) -> None:
-    for index in list(session._rings):
-        session._update_ring(index, started=False, enabled=False)
+    for ring in session._each_ring():
+        ring.started = ring.enabled = False
 
 
 def _reset_owner(session: Session, message: Message) -> None:
@@ -379,7 +494,7 @@ def _reset_owner(session: Session, message: Message) -> None:
 
 
 def _reset_device(session: Session, message: Message) -> None:
-    session._rings.clear()
+    session._forget_rings()
     session._regions.clear()
     session.acked_features = None
     session._rings_enabled_by_default = False
@@ -457,9 +572,9 @@ def _set_vring_num(session: Session, message: Message) -> None:
     if num == 0 or num > limit:
         raise _Violation(f"ring size {num} out of range (1 to {limit})", state.index)
     # Packed rings may have any size; split rings need a power of two.
-    if not session.packed_ring and num & (num - 1):
+    if not session._packed and num & (num - 1):
         raise _Violation(f"ring size {num} is not a power of two", state.index)
-    session._update_ring(state.index, num=num)
+    session._ring(state.index).num = num
 
 
 def _set_vring_addr(session: Session, message: Message) -> None:
@@ -469,36 +584,35 @@ def _set_vring_addr(session: Session, message: Message) -> None:
         raise _Violation(f"unknown vring address flags {unknown:#x}", address.index)
     # Virtio's alignment rules: split rings 16/2/4, packed rings 16/4/4.
     alignments = (("descriptor", address.descriptor, 16),
-                  ("available", address.available, 4 if session.packed_ring else 2),
+                  ("available", address.available, 4 if session._packed else 2),
                   ("used", address.used, 4))
     for field, value, alignment in alignments:
         if value % alignment:
             raise _Violation(f"{field} ring address {value:#x} is not {alignment}-byte "
                              "aligned", address.index)
-    session._update_ring(address.index, address=address)
+    session._ring(address.index).address = address
 
 
 def _set_vring_base(session: Session, message: Message) -> None:
     state = _payload(message, VringState)
-    if not session.packed_ring and state.num > 0xFFFF:
+    if not session._packed and state.num > 0xFFFF:
         raise _Violation(f"split ring base {state.num:#x} has reserved bits 16-31 set",
                          state.index)
-    session._update_ring(state.index, base=state.num)
+    session._ring(state.index).base = state.num
 
 
 def _get_vring_base(session: Session, message: Message) -> None:
     # The spec: GET_VRING_BASE stops the ring.
-    session._update_ring(_payload(message, VringState).index, started=False)
+    session._ring(_payload(message, VringState).index).started = False
 
 
 def _vring_file(field: str, starts: bool) -> Callable[[Session, Message], None]:
     def rule(session: Session, message: Message) -> None:
         file = _payload(message, VringFile)
-        state = FdState.POLLING if file.invalid_fd else FdState.FD
-        changes: dict[str, Any] = {field: state}
+        ring = session._ring(file.index)
+        setattr(ring, field, FdState.POLLING if file.invalid_fd else FdState.FD)
         if starts:
-            changes["started"] = True
-        session._update_ring(file.index, **changes)
+            ring.started = True
     return rule
 
 
@@ -506,7 +620,7 @@ def _set_vring_enable(session: Session, message: Message) -> None:
     state = _payload(message, VringState)
     if state.num not in (0, 1):
         raise _Violation(f"enable value {state.num} is neither 0 nor 1", state.index)
-    session._update_ring(state.index, enabled=bool(state.num))
+    session._ring(state.index).enabled = bool(state.num)
 
 
 def _set_vring_endian(session: Session, message: Message) -> None:
@@ -517,7 +631,7 @@ def _set_vring_endian(session: Session, message: Message) -> None:
 
 
 def _vring_kick(session: Session, message: Message) -> None:
-    session._update_ring(_payload(message, VringState).index, started=True)
+    session._ring(_payload(message, VringState).index).started = True
 
 
 def _config(session: Session, message: Message) -> None:
@@ -590,11 +704,11 @@ _REQUEST_RULES: Mapping[Request, Callable[[Session, Message], None]] = MappingPr
 # -- reply rules: (session, request, reply) --------------------------------------------
 
 def _features_reply(session: Session, request: Message, reply: Message) -> None:
-    session.offered_features = VirtioFeature(_payload(reply, U64).value)
+    session.offered_features = _payload(reply, U64).value
 
 
 def _protocol_features_reply(session: Session, request: Message, reply: Message) -> None:
-    session.offered_protocol_features = ProtocolFeature(_payload(reply, U64).value)
+    session.offered_protocol_features = _payload(reply, U64).value
 
 
 def _queue_num_reply(session: Session, request: Message, reply: Message) -> None:
@@ -615,7 +729,7 @@ def _vring_base_reply(session: Session, request: Message, reply: Message) -> Non
     if state.index != asked:
         raise _Violation(f"GET_VRING_BASE reply for ring {state.index}, asked for ring {asked}",
                          asked)
-    session._update_ring(asked, base=state.num)
+    session._ring(asked).base = state.num
 
 
 _REPLY_RULES: Mapping[Request, Callable[[Session, Message, Message], None]] = MappingProxyType({
@@ -627,3 +741,40 @@ _REPLY_RULES: Mapping[Request, Callable[[Session, Message, Message], None]] = Ma
     _F.GET_VRING_BASE: _vring_base_reply,
 })
 
+
+
+# -- one plan per request: the table's facts and the rules, looked up once per message --
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the session needs of one request (see the module docstring)."""
+
+    spec: RequestSpec
+    backend_channel: bool
+    needs_protocol_features: bool
+    requires: int  # the protocol feature bit, 0 for none
+    num_reserved: bool
+    reply_when: ReplyWhen
+    reply_feature: int
+    rule: Callable[[Session, Message], None] | None
+    reply_rule: Callable[[Session, Message, Message], None] | None
+
+
+def _plans(specs: Mapping[int, RequestSpec], backend_channel: bool) -> dict[int, _Plan]:
+    # The rules are the front-end requests': a back-end request of the same
+    # code (IntEnum members compare as their ints) is another request.
+    rules = {} if backend_channel else _REQUEST_RULES
+    reply_rules = {} if backend_channel else _REPLY_RULES
+    return {code: _Plan(spec, backend_channel, spec.needs_protocol_features,
+                        int(spec.requires or 0), spec.num_reserved, spec.reply_when,
+                        int(spec.reply_feature or 0), rules.get(spec.request),
+                        reply_rules.get(spec.request))
+            for code, spec in specs.items()}
+
+
+_FRONTEND_PLANS = _plans(FRONTEND_SPECS, backend_channel=False)
+_BACKEND_PLANS = _plans(BACKEND_SPECS, backend_channel=True)
+
+
+def _plan(request: Request) -> _Plan:
+    return (_FRONTEND_PLANS if type(request) is FrontendRequest else _BACKEND_PLANS)[request]
