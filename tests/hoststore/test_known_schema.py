@@ -10,6 +10,7 @@ types: one that does not fit is refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,23 @@ def test_the_known_column_types_are_those_of_the_real_vswitch_schema() -> None:
     assert compared == sum(len(columns) for columns in REQUIRED_COLUMNS.values()) == 6
 
 
+def wire_recorder(sent: list[dict[str, Any]]) -> Callable[[Connection, bytes], None]:
+    """A Connection._write that also appends what goes on the wire to ``sent`` (each
+    write is one or more whole messages)."""
+    write = Connection._write
+
+    def recording(connection: Connection, data: bytes) -> None:
+        sent.extend(MessageReader().feed(data))
+        write(connection, data)
+
+    return recording
+
+
 def test_the_store_reads_without_get_schema_naming_exactly_its_columns(
         short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_ovsdb()
     sent: list[dict[str, Any]] = []
-    write = Connection._write
-
-    def recording(connection: Connection, data: bytes) -> None:
-        # What goes on the wire (each write here is one or more whole messages).
-        sent.extend(MessageReader().feed(data))
-        write(connection, data)
+    recording = wire_recorder(sent)
 
     async def scenario() -> None:
         async with run_ovsdb_server(short_dir, "db") as server:
@@ -85,11 +93,7 @@ def test_a_read_without_interfaces_asks_only_the_open_vswitch_row(
     """What versions and select read: one select after the checks, no Interface rows."""
     require_ovsdb()
     sent: list[dict[str, Any]] = []
-    write = Connection._write
-
-    def recording(connection: Connection, data: bytes) -> None:
-        sent.extend(MessageReader().feed(data))
-        write(connection, data)
+    recording, write = wire_recorder(sent), Connection._write
 
     async def scenario() -> tuple[HostRecord, HostRecord]:
         async with run_ovsdb_server(short_dir, "db") as server:
