@@ -37,6 +37,7 @@ from vhostcompat.vhostuser import (
     Message,
     Role,
     VringFile,
+    encode,
     make_reply,
 )
 
@@ -157,6 +158,25 @@ def test_a_send_that_waits_is_never_overtaken() -> None:
         await asyncio.gather(first, second)
         assert bytes(received) == blob + b"tail"
         assert not left.sending and left.send_nowait(b"!") == 1
+        left.close()
+        right.close()
+    run(scenario)
+
+
+def test_a_message_with_too_many_fds_is_never_sent() -> None:
+    """Forwarded bytes (``wire``) skip the encoder's checks, never the fd limit."""
+    async def scenario() -> None:
+        left, right = connection_pair()
+        link = MessageConnection(left, Channel.FRONTEND, Role.FRONTEND)
+        fds = new_fds(9)
+        wire, _ = encode(Message(FrontendRequest.GET_FEATURES))
+        with pytest.raises(TransportError, match="at most 8"):
+            await link.send_message(Message(FrontendRequest.GET_FEATURES, fds=tuple(fds)), wire)
+        with socket.socket(fileno=os.dup(right.fileno())) as peer:
+            peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                peer.recv(1)  # nothing was sent
+        close_all(fds)
         left.close()
         right.close()
     run(scenario)

@@ -735,8 +735,9 @@ class MessageConnection:
         if _log.isEnabledFor(logging.DEBUG):
             self.log.debug("--> %s", message)
         connection = self.connection
-        if not connection._senders:
-            # Room for it all, most of the time: no further coroutine.
+        if not connection._senders and len(fds) <= MAX_FDS:
+            # Room for it all, most of the time: no further coroutine (too many
+            # fds, or a send still waiting: send() refuses, or queues).
             sent = connection._try_send(data, fds)
             if sent == len(data):
                 return

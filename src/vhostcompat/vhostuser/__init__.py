@@ -50,10 +50,11 @@ Session (``session``)::
                       max_ring_size=1024), reply_ack_policy=ReplyAckPolicy.WHEN_REQUESTED)
     session.receive(message)   # from the peer: RemoteMessageError, fds closed, BROKEN latch
     session.send(message)      # ours: LocalMessageError, nothing changed
+                               # (both -> bool: a request whose reply is now owed)
     session.reply_expected(request_message) -> bool
     session.offered_features / acked_features (VirtioFeature | None),
     offered_protocol_features / acked_protocol_features / protocol_features,
-    reply_ack, owner, queue_num, rings (Mapping[int, RingState]), memory_regions,
+    reply_ack, owner, queue_num, rings (Mapping[int, RingState], a snapshot), memory_regions,
     started_rings(), enabled_rings(), awaiting_reply(channel), state, error
 
 Sockets (``vhostcompat.transport``, asyncio, fds via SCM_RIGHTS)::
