@@ -211,8 +211,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
-                                            f"({describe(error)})"))
+            self._lose_to(error)
             return
         if not data:
             self._lose(OvsdbConnectionError(f"{self.remote}: connection closed by the server"))
@@ -229,8 +228,7 @@ class Connection:
             return
         except OSError as error:
             self._unsent.clear()
-            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
-                                            f"({describe(error)})"))
+            self._lose_to(error)
             self._close_socket()
             return
         del self._unsent[:sent]
@@ -238,6 +236,10 @@ class Connection:
             self._loop.remove_writer(self._fd)
             if self._flushed is not None and not self._flushed.done():
                 self._flushed.set_result(None)
+
+    def _lose_to(self, error: OSError) -> None:
+        """The socket failed: the connection is lost, naming why."""
+        self._lose(OvsdbConnectionError(f"{self.remote}: connection lost ({describe(error)})"))
 
     def _close_socket(self) -> None:
         """Stop watching the socket and close it (once)."""
@@ -351,8 +353,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as error:
-            self._lose(OvsdbConnectionError(f"{self.remote}: connection lost "
-                                            f"({describe(error)})"))
+            self._lose_to(error)
             return
         if sent < len(data):
             self._unsent += data[sent:]
