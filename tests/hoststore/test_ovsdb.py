@@ -15,11 +15,14 @@ from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.hoststore import (
     HostStoreConflictError,
     HostStoreCorruptError,
+    ModeState,
+    ModeWrite,
     NotPublishedError,
     OvsdbHostStore,
     OvsStatus,
     open_host,
 )
+from vhostcompat.hoststore.ovsdb import OvsdbRead
 from vhostcompat.lab.ovsdb import OvsdbServer, run_ovsdb_server
 from vhostcompat.ovsdb import Delete, Update, connect
 from vhostcompat.profiles import CompatProfile, NegotiatedState
@@ -193,3 +196,46 @@ def test_two_writers_racing_on_one_interface_never_lose_an_update(short_dir: Pat
         assert sum(wins.values()) == ROUNDS
 
     with_server(short_dir, scenario, timeout=120.0)
+
+
+def test_a_write_planned_from_a_read_waits_on_that_read(short_dir: Path) -> None:
+    """A ModeWrite carrying the record's basis commits in one transaction, waiting on
+    what that read saw: a change made after the read (even to another key of the
+    row) is a conflict and nothing is written; without a basis the store reads again."""
+
+    async def scenario(server: OvsdbServer) -> None:
+        await add_vhost_port(server)
+        async with OvsdbHostStore(server.remote) as setup:
+            await setup.publish([V27, V26])
+            await setup.assign("vhu0", V27.version)
+        reader = OvsdbHostStore(server.remote)
+        record = await reader.read()
+        assert isinstance(record.basis, OvsdbRead) and record.basis.address == server.remote
+        assert (await reader.read(interfaces=False)).basis is None
+        before = record.interface("vhu0").mode_state
+        change = ModeWrite("vhu0", before, ModeState(V26.version, "run-1"), basis=record.basis)
+        await server.vsctl("set", "Interface", "vhu0", "options:n_rxq_desc=512")
+        async with OvsdbHostStore(server.remote) as writer:
+            with pytest.raises(HostStoreConflictError) as raised:
+                await writer.write_mode(change)
+        assert "vhu0" in str(raised.value) and "\n" not in str(raised.value)
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V27.version
+        # Read again: the same write goes through, keeping the other key.
+        record = await reader.read()
+        async with OvsdbHostStore(server.remote) as writer:
+            await writer.write_mode(ModeWrite("vhu0", before, ModeState(V26.version, "run-1"),
+                                              basis=record.basis))
+            assert writer._client is None  # one-shot: no client was opened for it
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V26.version
+        assert await vsctl_get(server, "Interface", "vhu0", "options:n_rxq_desc") == '"512"'
+        # A basis from another host is not used: that write reads this host first.
+        stale = ModeWrite("vhu0", ModeState(V26.version, "run-1"), ModeState(V27.version),
+                          basis=OvsdbRead("unix:/nonexistent", {}, {}))
+        async with OvsdbHostStore(server.remote) as writer:
+            await writer.write_mode(stale)
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V27.version
+
+    with_server(short_dir, scenario)

@@ -22,14 +22,17 @@ from vhostcompat.hoststore.ovsdb import KNOWN_SCHEMA, REQUIRED_COLUMNS
 from vhostcompat.lab.ovsdb import free_tcp_port, run_ovsdb_server
 from vhostcompat.ovsdb import (
     OvsdbClient,
+    OvsdbConflictError,
     OvsdbConnectionError,
     OvsdbSchemaError,
     OvsdbTimeoutError,
     Select,
     Update,
+    Wait,
     connect,
     parse_remotes,
     read_once,
+    transact_once,
 )
 from vhostcompat.ovsdb import connection as connection_module
 from vhostcompat.ovsdb.remotes import Remote
@@ -222,3 +225,37 @@ def test_a_full_unix_backlog_is_retried_until_the_listener_accepts(short_dir: Pa
             busy.close()
 
     run_bounded(scenario(), 30.0)
+
+
+def test_a_one_shot_write_commits_conflicts_and_is_never_sent_twice(short_dir: Path) -> None:
+    """transact_once carries writes: a failed wait is a conflict; a write sent to a
+    member that then says nothing is not sent to the next member (its outcome is
+    unknown), where a read goes on to the next member."""
+    require_ovsdb()
+
+    async def scenario() -> None:
+        async with run_ovsdb_server(short_dir, "db") as server:
+            [root] = (await once(server.remote))[0]["rows"]
+            where = [("_uuid", "==", root["_uuid"])]
+
+            async def write(remotes: str, value: str, seen: dict[str, str]) -> None:
+                await transact_once(remotes, [
+                    Wait("Open_vSwitch", where, ["external_ids"], [{"external_ids": seen}]),
+                    Update("Open_vSwitch", where, {"external_ids": {"k": value}})],
+                    known_schema=KNOWN_SCHEMA, required_columns=REQUIRED_COLUMNS,
+                    timeout=0.5)
+
+            await write(server.remote, "1", {})
+            with pytest.raises(OvsdbConflictError):
+                await write(server.remote, "2", {})  # no longer empty
+            assert (await once(server.remote))[0]["rows"][0]["external_ids"] == {"k": "1"}
+            silent = short_dir / "silent.sock"
+            async with listener(silent) as received:
+                both = f"unix:{silent},{server.remote}"
+                with pytest.raises(OvsdbTimeoutError):
+                    await write(both, "3", {"k": "1"})
+                assert received  # it was sent to the silent member...
+                rows = (await once(both, timeout=0.5))[0]["rows"]
+            assert rows[0]["external_ids"] == {"k": "1"}  # ...and to no other
+
+    run_bounded(scenario(), 60.0)

@@ -203,6 +203,9 @@ class HostRecord:
     versions: tuple[str, ...]
     profiles: Mapping[str, CompatProfile]
     interfaces: Mapping[str, InterfaceRecord]
+    basis: object = field(default=None, compare=False, repr=False)
+    """What the store read this record from, kept for its own conditional writes
+    (opaque, store-specific; ``None``: a write reads again)."""
 
     def profile(self, version: str) -> CompatProfile | None:
         return self.profiles.get(version)
@@ -248,6 +251,9 @@ class ModeWrite:
     expected_versions: tuple[str, ...] | None = None
     publish: tuple[CompatProfile, ...] | None = None
     require_published: bool = True
+    basis: object = field(default=None, compare=False, repr=False)
+    """The :attr:`HostRecord.basis` this write was planned from: a store that
+    recognises its own may commit waiting on it, without reading again."""
 
     def inverse(self, versions_written: tuple[str, ...] | None,
                 profiles_before: tuple[CompatProfile, ...] | None) -> ModeWrite:

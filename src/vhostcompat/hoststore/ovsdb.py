@@ -33,8 +33,10 @@ seconds in the environment, default 5).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vhostcompat.errors import InputError
@@ -66,6 +68,7 @@ from vhostcompat.ovsdb import (
     Wait,
     parse_remotes,
     read_once,
+    transact_once,
 )
 from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
 from vhostcompat.ovsdb.schema import DatabaseSchema, known_schema
@@ -106,6 +109,16 @@ def seconds_from_environment(variable: str, default: float, zero: bool = False) 
         low = "[0" if zero else "(0"
         raise InputError(f"{variable}={text!r} is not a number of seconds {low}-3600]")
     return value
+
+
+@dataclass(frozen=True)
+class OvsdbRead:
+    """What :meth:`OvsdbHostStore.read` saw (a :attr:`HostRecord.basis`): the root row's
+    external_ids and each Interface row's options, by name (unique in the schema)."""
+
+    address: str
+    external_ids: Mapping[str, str]
+    interfaces: Mapping[str, Mapping[str, str]]
 
 
 def _string_map(value: object) -> dict[str, str]:
@@ -190,23 +203,37 @@ class OvsdbHostStore(HostStore):
                 Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
         root = self._root(root_rows)
         assert root is not None
+        external_ids = _string_map(root["external_ids"])
         rows: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         statuses: dict[str, dict[str, str]] = {}
         for row in interface_rows:
             name = str(row["name"])
             rows[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
             statuses[name] = _string_map(row["status"])
-        return record_from_rows(self.address, _string_map(root["external_ids"]), rows,
-                                statuses)
+        record = record_from_rows(self.address, external_ids, rows, statuses)
+        if not interfaces:
+            return record
+        basis = OvsdbRead(self.address, external_ids,
+                          {name: options for name, (options, _) in rows.items()})
+        return dataclasses.replace(record, basis=basis)
 
     # -- writes -----------------------------------------------------------------
 
-    async def _commit(self, what: str, *operations: Operation) -> list[dict[str, Any]]:
-        """One transaction; a failed ``wait`` is a :class:`HostStoreConflictError`."""
-        client = await self.client()
+    async def _commit(self, what: str, *operations: Operation, once: bool = False
+                      ) -> list[dict[str, Any]]:
+        """One transaction; a failed ``wait`` is a :class:`HostStoreConflictError`.
+        ``once``: on a one-shot connection (:func:`~vhostcompat.ovsdb.transact_once`)
+        when none is open and the schema is known, as a write that read nothing
+        here can be."""
         if self.before_write is not None:
             await self.before_write()
         try:
+            if once and self._client is None and self.known_schema is not None:
+                return await transact_once(self.remotes, operations,
+                                           known_schema=self.known_schema,
+                                           required_columns=REQUIRED_COLUMNS,
+                                           timeout=self.timeout)
+            client = await self.client()
             return await client.transact(*operations)
         except OvsdbConflictError:
             raise HostStoreConflictError(self.address, what) from None
@@ -255,20 +282,34 @@ class OvsdbHostStore(HostStore):
                            Update(INTERFACE_TABLE, where, {"options": wanted}))
 
     async def write_mode(self, change: ModeWrite) -> None:
-        """Read the row, check it against ``change.expected``, then commit waiting on
-        exactly what was read: conditional twice, on the caller's read and on ours."""
-        external_ids, row = await self._interface(change.interface)
-        options = _string_map(row["options"])
+        """Check the row against ``change.expected``, then commit waiting on exactly
+        what was read: conditional twice, on the caller's read and on ours.
+
+        A write planned from this store's own read (``change.basis``, an
+        :class:`OvsdbRead` of this host) waits on that read and is one
+        transaction on a one-shot connection; any other reads the rows first.
+        """
+        basis = change.basis
+        if isinstance(basis, OvsdbRead) and basis.address == self.address:
+            options = basis.interfaces.get(change.interface)
+            if options is None:
+                raise _no_interface(self.address, change.interface)
+            external_ids = basis.external_ids
+            where: list[Condition] = [("name", "==", change.interface)]
+        else:
+            external_ids, row = await self._interface(change.interface)
+            options = _string_map(row["options"])
+            where = _by_uuid(row)
+            basis = None
         updated_ids, updated = apply_mode_write(self.address, change, external_ids, options)
-        where = _by_uuid(row)
         operations: list[Operation] = [
             Wait(ROOT_TABLE, (), ["external_ids"], [{"external_ids": external_ids}]),
             Wait(INTERFACE_TABLE, where, ["options"], [{"options": options}])]
         if updated_ids is not None:
             operations.append(Update(ROOT_TABLE, (), {"external_ids": updated_ids}))
         operations.append(Update(INTERFACE_TABLE, where, {"options": updated}))
-        await self._commit(f"Interface {change.interface} options (or the published "
-                           "versions)", *operations)
+        what = f"Interface {change.interface} options (or the published versions)"
+        await self._commit(what, *operations, once=basis is not None)
 
     async def record_negotiated(self, interface: str, state: NegotiatedState) -> None:
         """Replace the negotiated keys in one mutate: it reads nothing, so it waits on

@@ -106,7 +106,7 @@ def plan_mode(host: HostRecord, interface: str, mode: str, provision_id: str,
     before = current_mode(host, interface)
     wanted = ModeState(mode, provision_id)
     if mode in host.versions:
-        write = ModeWrite(interface, before, wanted)
+        write = ModeWrite(interface, before, wanted, basis=host.basis)
         return PlannedWrite(write, write.inverse(None, None))
     if contents is None:
         raise NotPublishedError(host.address, f"does not publish {mode} and its contents "
@@ -116,7 +116,8 @@ def plan_mode(host: HostRecord, interface: str, mode: str, provision_id: str,
         raise NotPublishedError(host.address, f"cannot add {mode} to its versions: no "
                                 f"contents published for {', '.join(unknown)}")
     profiles = tuple(published_profiles(host))
-    write = ModeWrite(interface, before, wanted, host.versions, (*profiles, contents))
+    write = ModeWrite(interface, before, wanted, host.versions, (*profiles, contents),
+                      basis=host.basis)
     return PlannedWrite(write, write.inverse(tuple(p.version for p in write.publish or ()),
                                              profiles))
 

@@ -30,6 +30,7 @@ from vhostcompat.ovsdb.client import (
     Runstate,
     connect,
     read_once,
+    transact_once,
 )
 from vhostcompat.ovsdb.errors import (
     OvsdbCommitError,
@@ -86,4 +87,5 @@ __all__ = [
     "looks_like_remote",
     "parse_remotes",
     "read_once",
+    "transact_once",
 ]

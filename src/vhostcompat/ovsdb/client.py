@@ -570,12 +570,38 @@ async def read_once(remotes: str | Sequence[Remote], read: Sequence[Select], *,
     A database the checks do not fit is handed to a full client, whose
     ``get_schema`` names what is missing.
     """
+    if not all(isinstance(operation, Select) for operation in read):
+        raise ValueError("read_once needs selects")
+    return await transact_once(remotes, read, known_schema=known_schema,
+                               required_columns=required_columns, database=database,
+                               timeout=timeout, max_message_bytes=max_message_bytes,
+                               max_depth=max_depth)
+
+
+async def transact_once(remotes: str | Sequence[Remote], operations: Sequence[Operation], *,
+                        known_schema: DatabaseSchema, required_columns: RequiredColumns,
+                        database: str = DEFAULT_DATABASE, timeout: float = DEFAULT_TIMEOUT,
+                        max_message_bytes: int = MAX_MESSAGE_BYTES,
+                        max_depth: int = MAX_DEPTH) -> list[Result]:
+    """One transaction of any operations on a fresh connection, closed at once.
+
+    :func:`read_once` for writes too (a conditional write whose ``wait``
+    carries what was read earlier needs no read of its own): the known-schema
+    checks come first in the same transaction, so a database they do not fit
+    aborts it before any operation of ours applies. A transaction that is
+    only selects goes to the next member when one fails at any point. One
+    that writes goes to the next member only when it was never sent: once
+    sent, its outcome is unknown, and sending it again could commit it twice
+    (a failure there is raised as it is). A failed ``wait`` is an
+    :class:`OvsdbConflictError`, as from :meth:`OvsdbClient.transact`.
+    """
     members = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
-    if not members or not all(isinstance(operation, Select) for operation in read):
-        raise ValueError("read_once needs remotes and selects")
+    if not members or not operations:
+        raise ValueError("transact_once needs remotes and operations")
+    resend = all(isinstance(operation, Select) for operation in operations)
     checks = known_schema_checks(required_columns)
-    operations = (*checks, *read)
-    params, encoded = _read_params(database, operations)
+    sent = (*checks, *operations)
+    params, encoded = _read_params(database, sent)
     causes: list[tuple[str, BaseException]] = []
     for remote in members:
         address = str(remote)
@@ -584,52 +610,70 @@ async def read_once(remotes: str | Sequence[Remote], read: Sequence[Select], *,
                 connection = await Connection.open(
                     remote, on_notify=_ignore_notification, on_lost=_ignore_loss,
                     max_message_bytes=max_message_bytes, max_depth=max_depth)
-            try:
-                [reply] = await connection.call_many(
-                    [Request("transact", params, encoded_params=encoded)], timeout)
-            finally:
-                await connection.close()
-        except OvsdbRequestError:  # an unknown database: the full client names it
-            reply = None
         except (OvsdbConnectionError, OvsdbTimeoutError, OvsdbProtocolError, OSError,
                 TimeoutError) as error:
             causes.append((address, error))
             continue
-        if _refusal(reply, len(checks)) is not None:
-            return await _read_with_schema(remote, read, database=database, timeout=timeout,
-                                           required_columns=required_columns,
-                                           known_schema=known_schema)
         try:
-            return transaction_results(address, operations, reply, known_schema)[len(checks):]
+            [reply] = await connection.call_many(
+                [Request("transact", params, encoded_params=encoded)], timeout)
+        except OvsdbRequestError:  # an unknown database: the full client names it
+            reply = None
+        except (OvsdbConnectionError, OvsdbTimeoutError, OvsdbProtocolError, OSError,
+                TimeoutError) as error:
+            if not resend:
+                raise
+            causes.append((address, error))
+            continue
+        finally:
+            await connection.close()
+        if _refusal(reply, len(checks)) is not None:
+            return await _transact_with_schema(remote, operations, database=database,
+                                               timeout=timeout,
+                                               required_columns=required_columns,
+                                               known_schema=known_schema)
+        try:
+            return transaction_results(address, sent, reply, known_schema)[len(checks):]
         except ValueShapeError as error:  # as connect() does: this member is unusable
+            if not resend:
+                raise OvsdbProtocolError(address, f"transact answer: {error}") from None
             causes.append((address, OvsdbProtocolError(address, f"transact answer: {error}")))
     raise OvsdbConnectionError("cannot connect to OVSDB", causes)
 
 
-async def _read_with_schema(remote: Remote, read: Sequence[Select], *, database: str,
-                            timeout: float, required_columns: RequiredColumns,
-                            known_schema: DatabaseSchema) -> list[Result]:
+async def _transact_with_schema(remote: Remote, operations: Sequence[Operation], *,
+                                database: str, timeout: float,
+                                required_columns: RequiredColumns,
+                                known_schema: DatabaseSchema) -> list[Result]:
+    """What a refused one-shot transaction becomes: a full client names what the server
+    lacks (or, should it now accept the checks, carries the transaction)."""
     client = OvsdbClient((remote,), database, timeout=timeout,
                          required_columns=required_columns, known_schema=known_schema,
                          reconnect=False)
     try:
-        return await client.connect(read=read)
+        selects = [operation for operation in operations if isinstance(operation, Select)]
+        if len(selects) == len(operations):
+            return await client.connect(read=selects)
+        await client.connect()
+        return await client.transact(*operations)
     finally:
         await client.close()
 
 
 # A fleet query sends the same read to every host: its JSON is built once.
-_READ_PARAMS: dict[tuple[str, tuple[Select, ...]], tuple[list[Any], bytes]] = {}
+_READ_PARAMS: dict[tuple[str, tuple[Operation, ...]], tuple[list[Any], bytes]] = {}
 READ_PARAMS_CACHED = 64
 
 
-def _read_params(database: str, operations: tuple[Select, ...]) -> tuple[list[Any], bytes]:
+def _read_params(database: str, operations: tuple[Operation, ...]
+                 ) -> tuple[list[Any], bytes]:
     """The transact params of ``operations`` and their JSON (shared between calls: not
-    to be changed)."""
+    to be changed; a write's operations hold dicts, which are not hashable, and are
+    encoded each time)."""
     try:
         known = _READ_PARAMS.get((database, operations))
         cacheable = True
-    except TypeError:  # a select whose where or columns is a list: not cached
+    except TypeError:  # operations holding lists or dicts: not cached
         known, cacheable = None, False
     if known is None:
         params = [database, *(operation.to_json() for operation in operations)]
