@@ -481,8 +481,9 @@ def _decode_profile(address: str, key: str, text: str) -> CompatProfile:
 def record_from_rows(address: str, open_vswitch_external_ids: Mapping[str, str],
                      interfaces: Mapping[str, tuple[Mapping[str, str], Mapping[str, str]]],
                      statuses: Mapping[str, Mapping[str, str]] | None = None,
-                     ) -> HostRecord:
-    """A :class:`HostRecord` from OVSDB-shaped rows.
+                     basis: object = None) -> HostRecord:
+    """A :class:`HostRecord` from OVSDB-shaped rows (``basis``: its
+    :attr:`HostRecord.basis`).
 
     ``interfaces`` maps an Interface name to its ``(options, external_ids)``;
     ``statuses`` (optional) an Interface name to OVS's ``status`` column.
@@ -509,7 +510,7 @@ def record_from_rows(address: str, open_vswitch_external_ids: Mapping[str, str],
             continue
         status = decode_ovs_status(address, name, (statuses or {}).get(name, {}))
         records[name] = InterfaceRecord(name, version, negotiated, status, provision_id)
-    return HostRecord(address, versions, profiles, records)
+    return HostRecord(address, versions, profiles, records, basis)
 
 
 def published_versions(profiles: Sequence[CompatProfile]) -> list[str]:

@@ -33,7 +33,6 @@ seconds in the environment, default 5).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,12 +209,9 @@ class OvsdbHostStore(HostStore):
             name = str(row["name"])
             rows[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
             statuses[name] = _string_map(row["status"])
-        record = record_from_rows(self.address, external_ids, rows, statuses)
-        if not interfaces:
-            return record
-        basis = OvsdbRead(self.address, external_ids,
-                          {name: options for name, (options, _) in rows.items()})
-        return dataclasses.replace(record, basis=basis)
+        basis = OvsdbRead(self.address, external_ids, {
+            name: options for name, (options, _) in rows.items()}) if interfaces else None
+        return record_from_rows(self.address, external_ids, rows, statuses, basis)
 
     # -- writes -----------------------------------------------------------------
 
@@ -283,14 +279,17 @@ class OvsdbHostStore(HostStore):
 
     async def write_mode(self, change: ModeWrite) -> None:
         """Check the row against ``change.expected``, then commit waiting on exactly
-        what was read: conditional twice, on the caller's read and on ours.
+        what was read.
 
         A write planned from this store's own read (``change.basis``, an
         :class:`OvsdbRead` of this host) waits on that read and is one
-        transaction on a one-shot connection; any other reads the rows first.
+        transaction on a one-shot connection. Any other reads the rows first
+        and waits on that: conditional twice, on the caller's read and on ours.
         """
-        basis = change.basis
-        if isinstance(basis, OvsdbRead) and basis.address == self.address:
+        planned = change.basis
+        basis = planned if isinstance(planned, OvsdbRead) and planned.address == self.address \
+            else None
+        if basis is not None:
             options = basis.interfaces.get(change.interface)
             if options is None:
                 raise _no_interface(self.address, change.interface)
@@ -300,7 +299,6 @@ class OvsdbHostStore(HostStore):
             external_ids, row = await self._interface(change.interface)
             options = _string_map(row["options"])
             where = _by_uuid(row)
-            basis = None
         updated_ids, updated = apply_mode_write(self.address, change, external_ids, options)
         operations: list[Operation] = [
             Wait(ROOT_TABLE, (), ["external_ids"], [{"external_ids": external_ids}]),
