@@ -13,6 +13,7 @@ from tests.helpers import run_bounded
 from tests.ovsdb.helpers import add_vhost_port, require_ovsdb, vsctl_get
 from vhostcompat.features import ProtocolFeature, VirtioFeature
 from vhostcompat.hoststore import (
+    NO_MODE,
     HostStoreConflictError,
     HostStoreCorruptError,
     ModeState,
@@ -237,5 +238,67 @@ def test_a_write_planned_from_a_read_waits_on_that_read(short_dir: Path) -> None
             await writer.write_mode(stale)
         assert await vsctl_get(server, "Interface", "vhu0",
                                "options:vhost-compat-version") == V27.version
+
+    with_server(short_dir, scenario)
+
+
+def test_a_held_read_carries_its_write_and_a_lost_one_is_replaced(short_dir: Path) -> None:
+    """With hold, the read's connection stays open and the write planned from it goes
+    on it, then it is closed; if the server dropped it meanwhile (a restart), the
+    write goes on a fresh one-shot connection, still waiting on what was read."""
+
+    async def scenario(server: OvsdbServer) -> None:
+        await add_vhost_port(server)
+        async with OvsdbHostStore(server.remote) as setup:
+            await setup.publish([V27, V26])
+        await add_vhost_port(server, "vhu1")
+        async with OvsdbHostStore(server.remote) as store:
+
+            async def read(*names: str) -> set[str]:
+                basis = (await store.read(interfaces=names if names else True)).basis
+                assert isinstance(basis, OvsdbRead)
+                return set(basis.interfaces)
+
+            assert await read() == {"br0", "vhu0", "vhu1"}
+            assert await read("vhu1", "br0") == {"vhu1", "br0"}
+            assert await read("vhu9") == set()
+        async with OvsdbHostStore(server.remote, hold=True) as store:
+            record = await store.read(interfaces=("vhu0",))
+            assert isinstance(record.basis, OvsdbRead) and set(record.basis.interfaces) == {
+                "vhu0"}
+            held = store._held
+            assert held is not None and held.usable
+            await store.write_mode(ModeWrite("vhu0", NO_MODE, ModeState(V27.version, "run-1"),
+                                             basis=record.basis))
+            assert store._held is None and not held.usable and store._client is None
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V27.version
+        async with OvsdbHostStore(server.remote, hold=True) as store:
+            record = await store.read()
+            held = store._held
+            assert held is not None
+            await server.stop()
+            await server.start()
+            async with asyncio.timeout(10):
+                while held.usable:  # the server's close reaches the loop
+                    await asyncio.sleep(0.01)
+            await store.write_mode(ModeWrite("vhu0", ModeState(V27.version, "run-1"),
+                                             ModeState(V26.version, "run-2"),
+                                             basis=record.basis))
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V26.version
+        # Conflict on a held connection: nothing written, the connection closed.
+        async with OvsdbHostStore(server.remote, hold=True) as store:
+            record = await store.read()
+            held = store._held
+            assert held is not None
+            await server.vsctl("set", "Interface", "vhu0", "options:n_rxq_desc=512")
+            with pytest.raises(HostStoreConflictError):
+                await store.write_mode(ModeWrite("vhu0", ModeState(V26.version, "run-2"),
+                                                 ModeState(V27.version, "run-3"),
+                                                 basis=record.basis))
+            assert not held.usable
+        assert await vsctl_get(server, "Interface", "vhu0",
+                               "options:vhost-compat-version") == V26.version
 
     with_server(short_dir, scenario)

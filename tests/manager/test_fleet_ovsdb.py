@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,8 @@ from vhostcompat import manager
 from vhostcompat.errors import VhostCompatError
 from vhostcompat.hoststore import ModeWrite
 from vhostcompat.lab.ovsdb import OvsdbServer, run_command, run_ovsdb_servers
+from vhostcompat.ovsdb.connection import Connection
+from vhostcompat.ovsdb.remotes import Remote
 from vhostcompat.profiles import Catalog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -120,6 +124,40 @@ def test_select_and_provision_over_a_fleet_and_a_rerun_writes_nothing(
     scenario(short_dir, body)
 
 
+def test_provision_keeps_one_connection_per_host_and_leaves_none_open(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside holding(), each host's read connection carries its write too: one
+    connection per host for the whole run, all closed when provision returns."""
+    opened: list[str] = []
+    real_open = Connection.open.__func__  # type: ignore[attr-defined]
+
+    async def counting(cls: type[Connection], /, remote: Remote, **options: Any) -> Connection:
+        opened.append(str(remote))
+        connection: Connection = await real_open(cls, remote, **options)
+        return connection
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def body(catalog: Catalog) -> None:
+        async with fleet(short_dir, catalog) as servers:
+            remotes = [server.remote for server in servers]
+            before = open_fds()
+            monkeypatch.setattr(Connection, "open", classmethod(counting))
+            report = await manager.provision(remotes, IFACE)
+            assert set(report.written) == set(remotes)
+            assert sorted(opened) == sorted(remotes)  # once each: read, then write
+            assert open_fds() == before
+            # Without holding (another source's way) each host takes two.
+            opened.clear()
+            plain = manager.HostStores()
+            gathered = await plain.gather(remotes)
+            assert len(opened) == FLEET and open_fds() == before
+            assert gathered.complete
+
+    scenario(short_dir, body)
+
+
 def test_a_host_without_the_interface_fails_half_way_and_the_rest_is_restored(
         short_dir: Path) -> None:
     async def body(catalog: Catalog) -> None:
@@ -145,11 +183,16 @@ class AfterRead:
     """Host stores that run ``then`` between a run's read and its writes."""
 
     then: Callable[[], Awaitable[object]]
-    inner: manager.HostStores = field(default_factory=manager.HostStores)
+    inner: manager.RecordSource = field(default_factory=manager.HostStores)
+
+    @contextlib.asynccontextmanager
+    async def holding(self) -> AsyncIterator[manager.RecordSource]:
+        async with self.inner.holding() as held:
+            yield AfterRead(self.then, held)
 
     async def gather(self, addresses: Sequence[str],
                      progress: manager.ProgressCallback | None = None, *,
-                     interfaces: bool = True) -> manager.Gathered:
+                     interfaces: bool | tuple[str, ...] = True) -> manager.Gathered:
         gathered = await self.inner.gather(addresses, progress, interfaces=interfaces)
         await self.then()
         return gathered

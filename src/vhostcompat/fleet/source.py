@@ -13,6 +13,7 @@ because of it, and never counts it compatible.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -57,13 +58,14 @@ class FleetRecords:
 
     async def gather(self, addresses: Sequence[str],
                      progress: ProgressCallback | None = None, *,
-                     interfaces: bool = True) -> Gathered:
+                     interfaces: bool | tuple[str, ...] = True) -> Gathered:
         names = check_addresses(addresses)
         for name in names:
             check_host_name(name)
         async with self.session() as session:
             view = await read_fleet(session, names,
-                                    interfaces=self.interfaces if interfaces else (),
+                                    interfaces=self.interfaces if interfaces is True else (
+                                        () if interfaces is False else interfaces),
                                     stale_after=self.stale_after)
         failures: dict[str, HostFailure] = {}
         for name in view.unknown:
@@ -76,6 +78,10 @@ class FleetRecords:
             for done, name in enumerate(names, start=1):
                 progress(name, done, len(names))
         return Gathered(names, records, failures)
+
+    def holding(self) -> contextlib.nullcontext[FleetRecords]:
+        """Itself: each gather and each write is one session of the fleet database."""
+        return contextlib.nullcontext(self)
 
     async def write(self, changes: Mapping[str, ModeWrite],
                     progress: ProgressCallback | None = None,

@@ -55,12 +55,16 @@ from vhostcompat.hoststore.ovsdb import OvsdbHostStore
 from vhostcompat.ovsdb.remotes import looks_like_remote
 
 
-def open_host(address: str) -> HostStore:
-    """The store for an address: an OVSDB remote list, else a directory path."""
+def open_host(address: str, *, hold: bool = False) -> HostStore:
+    """The store for an address: an OVSDB remote list, else a directory path.
+
+    ``hold``: an OVSDB store keeps a read's connection for the writes that follow
+    (see :class:`OvsdbHostStore`); the embedded store has none to keep.
+    """
     if not address or not address.strip():
         raise InputError("empty host address")
     if looks_like_remote(address):
-        return OvsdbHostStore(address)
+        return OvsdbHostStore(address, hold=hold)
     return EmbeddedHostStore(address)
 
 

@@ -132,9 +132,12 @@ class EmbeddedHostStore(HostStore):
         self.path = self.directory / HOST_FILE
         self.lock_timeout = lock_timeout
 
-    async def read(self, *, interfaces: bool = True) -> HostRecord:
+    async def read(self, *, interfaces: bool | tuple[str, ...] = True) -> HostRecord:
         record = self._load().record(self.address)
-        return record if interfaces else replace(record, interfaces={})
+        if interfaces is True:
+            return record
+        return replace(record, interfaces={} if interfaces is False else {
+            name: found for name, found in record.interfaces.items() if name in interfaces})
 
     async def publish(self, profiles: Sequence[CompatProfile]) -> HostRecord:
         published_external_ids({}, profiles)  # refuses bad input before any file is touched

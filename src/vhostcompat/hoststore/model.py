@@ -300,12 +300,14 @@ class HostStore(abc.ABC):
         self.address = address
 
     @abc.abstractmethod
-    async def read(self, *, interfaces: bool = True) -> HostRecord:
+    async def read(self, *, interfaces: bool | tuple[str, ...] = True) -> HostRecord:
         """Everything the host publishes; :class:`HostError` if missing or unreadable.
 
         ``interfaces=False``: its published versions and profiles only, no
         interface records (what ``versions`` and ``select`` need: an OVSDB
-        host then answers one ``select`` instead of two)."""
+        host then answers one ``select`` instead of two). A tuple of names:
+        only those interfaces' records (those that exist; what ``provision``
+        needs of a host with many ports)."""
 
     @abc.abstractmethod
     async def publish(self, profiles: Sequence[CompatProfile]) -> HostRecord:

@@ -57,6 +57,7 @@ from vhostcompat.hoststore.model import (
     require_published,
 )
 from vhostcompat.ovsdb import (
+    HeldConnection,
     Insert,
     Mutate,
     OvsdbClient,
@@ -67,6 +68,7 @@ from vhostcompat.ovsdb import (
     Wait,
     parse_remotes,
     read_once,
+    transact_held,
     transact_once,
 )
 from vhostcompat.ovsdb.operations import Condition, DecodedRow, Operation
@@ -134,14 +136,21 @@ class OvsdbHostStore(HostStore):
     benchmark does side by side)."""
 
     def __init__(self, address: str, timeout: float | None = None,
-                 before_write: Callable[[], Awaitable[object]] | None = None) -> None:
+                 before_write: Callable[[], Awaitable[object]] | None = None, *,
+                 hold: bool = False) -> None:
         """``before_write`` is awaited between a write's read and its conditional write
-        (to interleave writers on purpose, as the concurrency tests do)."""
+        (to interleave writers on purpose, as the concurrency tests do).
+
+        ``hold``: a read keeps its one-shot connection open until :meth:`close`, and a
+        write planned from that read goes on it (provisioning reads every host, then
+        writes every host: one connection each instead of two)."""
         super().__init__(address)
         self.remotes = parse_remotes(address)
         self.timeout = store_timeout() if timeout is None else timeout
         self.before_write = before_write
+        self.hold = hold
         self._client: OvsdbClient | None = None
+        self._held: HeldConnection | None = None
 
     async def client(self) -> OvsdbClient:
         """The connection, made on first use (no reconnect: one command, one answer)."""
@@ -159,6 +168,9 @@ class OvsdbHostStore(HostStore):
         return results
 
     async def close(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            await held.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -175,11 +187,17 @@ class OvsdbHostStore(HostStore):
 
     async def _read_selects(self, *selects: Select) -> list[list[DecodedRow]]:
         """:meth:`_select` for a read that writes nothing after: a one-shot connection
-        when none is open (:func:`~vhostcompat.ovsdb.read_once`), else the open one."""
+        when none is open (:func:`~vhostcompat.ovsdb.read_once`; with :attr:`hold`, kept
+        open for the write), else the open one."""
         if self._client is not None or self.known_schema is None:
             return await self._select(*selects)
-        results = await read_once(self.remotes, selects, known_schema=self.known_schema,
-                                  required_columns=REQUIRED_COLUMNS, timeout=self.timeout)
+        if self.hold and self._held is None:
+            results, self._held = await transact_held(
+                self.remotes, selects, known_schema=self.known_schema,
+                required_columns=REQUIRED_COLUMNS, timeout=self.timeout)
+        else:
+            results = await read_once(self.remotes, selects, known_schema=self.known_schema,
+                                      required_columns=REQUIRED_COLUMNS, timeout=self.timeout)
         return [result["rows"] for result in results]
 
     def _root(self, rows: list[DecodedRow], required: bool = True) -> DecodedRow | None:
@@ -192,14 +210,20 @@ class OvsdbHostStore(HostStore):
             return None
         return rows[0]
 
-    async def read(self, *, interfaces: bool = True) -> HostRecord:
-        if not interfaces:
+    async def read(self, *, interfaces: bool | tuple[str, ...] = True) -> HostRecord:
+        if interfaces is False or interfaces == ():
             [root_rows] = await self._read_selects(Select(ROOT_TABLE, (), ROOT_COLUMNS))
             interface_rows: list[DecodedRow] = []
         else:
+            # One name: the server picks its row (names are unique); several: all rows,
+            # kept by name here (a condition cannot say "one of these").
+            where: tuple[Condition, ...] = () if interfaces is True or len(interfaces) > 1 \
+                else (("name", "==", interfaces[0]),)
             root_rows, interface_rows = await self._read_selects(
                 Select(ROOT_TABLE, (), ROOT_COLUMNS),
-                Select(INTERFACE_TABLE, (), INTERFACE_COLUMNS))
+                Select(INTERFACE_TABLE, where, INTERFACE_COLUMNS))
+            if interfaces is not True:
+                interface_rows = [row for row in interface_rows if row["name"] in interfaces]
         root = self._root(root_rows)
         assert root is not None
         external_ids = _string_map(root["external_ids"])
@@ -210,7 +234,8 @@ class OvsdbHostStore(HostStore):
             rows[name] = (_string_map(row["options"]), _string_map(row["external_ids"]))
             statuses[name] = _string_map(row["status"])
         basis = OvsdbRead(self.address, external_ids, {
-            name: options for name, (options, _) in rows.items()}) if interfaces else None
+            name: options for name, (options, _) in rows.items()}) \
+            if interfaces is not False else None
         return record_from_rows(self.address, external_ids, rows, statuses, basis)
 
     # -- writes -----------------------------------------------------------------
@@ -218,12 +243,18 @@ class OvsdbHostStore(HostStore):
     async def _commit(self, what: str, *operations: Operation, once: bool = False
                       ) -> list[dict[str, Any]]:
         """One transaction; a failed ``wait`` is a :class:`HostStoreConflictError`.
-        ``once``: on a one-shot connection (:func:`~vhostcompat.ovsdb.transact_once`)
-        when none is open and the schema is known, as a write that read nothing
-        here can be."""
+        ``once``: on the connection a held read kept (closed after: the write was
+        what it was kept for), if it is still up, else on a one-shot connection
+        (:func:`~vhostcompat.ovsdb.transact_once`) when none is open and the schema
+        is known, as a write that read nothing here can be."""
         if self.before_write is not None:
             await self.before_write()
         try:
+            held, self._held = (self._held, None) if once else (None, self._held)
+            if held is not None:
+                async with held:
+                    if held.usable:
+                        return await held.transact(operations)
             if once and self._client is None and self.known_schema is not None:
                 return await transact_once(self.remotes, operations,
                                            known_schema=self.known_schema,

@@ -225,17 +225,17 @@ async def provision(addresses: Sequence[str], interface: str, prefer: str | None
                     progress: ProgressCallback | None = None) -> ProvisionReport:
     """Select for every host the VM may run on, then assign on all of them or none."""
     check_interface_name(interface)
-    source = default_source(records)
-    gathered = await source.gather(addresses, progress)
-    hosts = gathered.require_all(f"provision {interface}: nothing written")
-    report = select_from_records(hosts, prefer)
-    version = report.selection.version
-    if version is None:
-        return ProvisionReport(interface, tuple(addresses), (), selection=report)
-    provision_id = new_provision_id()
-    plan = plan_provision(hosts, interface, dict.fromkeys(report.hosts, version),
-                          provision_id, {version: version_contents(hosts, version)})
-    written = await apply_all_or_nothing(source, interface, plan, progress)
+    async with default_source(records).holding() as source:
+        gathered = await source.gather(addresses, progress, interfaces=(interface,))
+        hosts = gathered.require_all(f"provision {interface}: nothing written")
+        report = select_from_records(hosts, prefer)
+        version = report.selection.version
+        if version is None:
+            return ProvisionReport(interface, tuple(addresses), (), selection=report)
+        provision_id = new_provision_id()
+        plan = plan_provision(hosts, interface, dict.fromkeys(report.hosts, version),
+                              provision_id, {version: version_contents(hosts, version)})
+        written = await apply_all_or_nothing(source, interface, plan, progress)
     return ProvisionReport(interface, tuple(addresses),
                            tuple((address, version) for address in addresses), written,
                            selection=report, provision_id=provision_id if written else None)
@@ -254,17 +254,18 @@ async def provision_for_migration(interface: str, origin: str, destinations: Seq
     check_interface_name(interface)
     if origin in destinations:
         raise InputError(f"host {origin} is both the source and a destination")
-    source = default_source(records)
-    gathered = await source.gather([origin, *destinations], progress)
-    hosts = gathered.require_all(f"provision {interface}: nothing written")
-    report = targets_from_records(interface, hosts[0], hosts[1:], catalog, strict)
-    if len(report.compatible_hosts) != len(destinations):
-        return ProvisionReport(interface, tuple(destinations), (), migration=report)
-    modes = {target.host: target.check.destination_version for target in report.targets
-             if target.check is not None and target.check.destination_version is not None}
-    provision_id = new_provision_id()
-    plan = plan_provision(hosts[1:], interface, modes, provision_id, {})
-    written = await apply_all_or_nothing(source, interface, plan, progress)
+    async with default_source(records).holding() as source:
+        gathered = await source.gather([origin, *destinations], progress,
+                                       interfaces=(interface,))
+        hosts = gathered.require_all(f"provision {interface}: nothing written")
+        report = targets_from_records(interface, hosts[0], hosts[1:], catalog, strict)
+        if len(report.compatible_hosts) != len(destinations):
+            return ProvisionReport(interface, tuple(destinations), (), migration=report)
+        modes = {target.host: target.check.destination_version for target in report.targets
+                 if target.check is not None and target.check.destination_version is not None}
+        provision_id = new_provision_id()
+        plan = plan_provision(hosts[1:], interface, modes, provision_id, {})
+        written = await apply_all_or_nothing(source, interface, plan, progress)
     return ProvisionReport(interface, tuple(destinations),
                            tuple((address, modes[address]) for address in destinations),
                            written, migration=report,

@@ -6,7 +6,12 @@ module), then *computes* over them (pure functions, no I/O). A
 :class:`Gathered`: :class:`HostStores` asks each host's store (embedded
 directory or OVSDB remote) concurrently, at most ``concurrency`` at a time,
 each within ``timeout`` seconds; another source (one fleet database) plugs in
-by implementing the same two methods.
+by implementing the same methods.
+
+A verb that reads and then writes (``provision``) does both inside
+:meth:`RecordSource.holding`: there :class:`HostStores` keeps each host's
+connection from its read to its writes (one connection per host instead of
+two), and closes them all when the block ends, however it ends.
 
 A host that cannot be read is never dropped: it is a :class:`HostFailure`
 with its one-line reason, and every verb says what it could not decide
@@ -18,13 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import resource
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from vhostcompat.errors import HostError, InputError, VhostCompatError
-from vhostcompat.hoststore import HostRecord, ModeWrite, open_host
+from vhostcompat.hoststore import HostRecord, HostStore, ModeWrite, open_host
 
 DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 5.0
@@ -108,13 +116,26 @@ class RecordSource(Protocol):
 
     async def gather(self, addresses: Sequence[str],
                      progress: ProgressCallback | None = None, *,
-                     interfaces: bool = True) -> Gathered:
-        """Every host's record (``interfaces=False``: without interface records, see
+                     interfaces: bool | tuple[str, ...] = True) -> Gathered:
+        """Every host's record (``interfaces=False``: without interface records; a tuple
+        of names: only those, see
         :meth:`HostStore.read <vhostcompat.hoststore.HostStore.read>`)."""
 
     async def write(self, changes: Mapping[str, ModeWrite],
                     progress: ProgressCallback | None = None,
                     ) -> dict[str, VhostCompatError | None]: ...
+
+    def holding(self) -> AbstractAsyncContextManager[RecordSource]:
+        """A source for one gather and the writes planned from it, which may keep what
+        the gather opened until the block ends (or simply this source)."""
+        ...
+
+
+def held_limit() -> int:
+    """How many hosts' connections :meth:`HostStores.holding` keeps at most: a quarter
+    of this process's file descriptors (a larger gather holds none)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONCURRENCY if soft == resource.RLIM_INFINITY else soft // 4
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,8 @@ class HostStores:
 
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = DEFAULT_TIMEOUT
+    kept: dict[str, HostStore] | None = field(default=None, compare=False, repr=False)
+    """Inside :meth:`holding`: the stores a gather opened, kept for the writes."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -137,12 +160,17 @@ class HostStores:
 
     async def gather(self, addresses: Sequence[str],
                      progress: ProgressCallback | None = None, *,
-                     interfaces: bool = True) -> Gathered:
+                     interfaces: bool | tuple[str, ...] = True) -> Gathered:
         ordered = check_addresses(addresses)
+        kept = self.kept if self.kept is not None and len(ordered) <= held_limit() else None
         # A malformed address is bad input, refused before any I/O.
-        stores = {address: open_host(address) for address in ordered}
+        stores = {address: open_host(address, hold=kept is not None) for address in ordered}
+        if kept is not None:
+            kept.update(stores)  # closed when holding() ends, whatever happens here
 
         async def read(address: str) -> HostRecord:
+            if kept is not None:
+                return await stores[address].read(interfaces=interfaces)
             async with stores[address] as store:
                 return await store.read(interfaces=interfaces)
 
@@ -159,6 +187,10 @@ class HostStores:
         """Each host's write; ``None`` where it was committed, else its error."""
 
         async def write_one(address: str) -> None:
+            store = None if self.kept is None else self.kept.get(address)
+            if store is not None:
+                await store.write_mode(changes[address])
+                return
             async with open_host(address) as store:
                 await store.write_mode(changes[address])
 
@@ -166,6 +198,19 @@ class HostStores:
         return {address: (None if not isinstance(value, BaseException)
                           else _as_error(address, value, self.timeout))
                 for address, value in outcomes.items()}
+
+    @contextlib.asynccontextmanager
+    async def holding(self) -> AsyncIterator[RecordSource]:
+        """This source, with each host's store kept open from the gather to the writes
+        (up to :func:`held_limit` hosts) and closed when the block ends."""
+        held = dataclasses.replace(self, kept={})
+        assert held.kept is not None
+        try:
+            yield held
+        finally:
+            stores = list(held.kept.values())
+            held.kept.clear()
+            await asyncio.gather(*(store.close() for store in stores), return_exceptions=True)
 
     async def _fan_out(self, addresses: Sequence[str],
                        call: Callable[[str], Awaitable[T]],

@@ -26,10 +26,12 @@ iterator), :mod:`~.client` (lifecycle, members, reconnect, transactions),
 
 from vhostcompat.ovsdb.client import (
     DEFAULT_DATABASE,
+    HeldConnection,
     OvsdbClient,
     Runstate,
     connect,
     read_once,
+    transact_held,
     transact_once,
 )
 from vhostcompat.ovsdb.errors import (
@@ -61,6 +63,7 @@ __all__ = [
     "DEFAULT_DATABASE",
     "Comment",
     "Delete",
+    "HeldConnection",
     "Insert",
     "Monitor",
     "MonitorUpdate",
@@ -87,5 +90,6 @@ __all__ = [
     "looks_like_remote",
     "parse_remotes",
     "read_once",
+    "transact_held",
     "transact_once",
 ]

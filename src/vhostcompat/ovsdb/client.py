@@ -595,6 +595,79 @@ async def transact_once(remotes: str | Sequence[Remote], operations: Sequence[Op
     (a failure there is raised as it is). A failed ``wait`` is an
     :class:`OvsdbConflictError`, as from :meth:`OvsdbClient.transact`.
     """
+    results, _held = await _transact_first(
+        remotes, operations, known_schema=known_schema, required_columns=required_columns,
+        database=database, timeout=timeout, max_message_bytes=max_message_bytes,
+        max_depth=max_depth, hold=False)
+    return results
+
+
+async def transact_held(remotes: str | Sequence[Remote], operations: Sequence[Operation], *,
+                        known_schema: DatabaseSchema, required_columns: RequiredColumns,
+                        database: str = DEFAULT_DATABASE, timeout: float = DEFAULT_TIMEOUT,
+                        max_message_bytes: int = MAX_MESSAGE_BYTES,
+                        max_depth: int = MAX_DEPTH,
+                        ) -> tuple[list[Result], HeldConnection | None]:
+    """:func:`transact_once`, with the member's connection kept open for more
+    transactions (a read now, its conditional write later): the caller closes it.
+
+    None instead of a connection when the transaction went through a full
+    client (a database the known-schema checks did not fit).
+    """
+    return await _transact_first(
+        remotes, operations, known_schema=known_schema, required_columns=required_columns,
+        database=database, timeout=timeout, max_message_bytes=max_message_bytes,
+        max_depth=max_depth, hold=True)
+
+
+class HeldConnection:
+    """A member's connection after :func:`transact_held`, for more transactions there.
+
+    The known-schema checks travelled with the first transaction on this
+    connection, so later ones carry only their own operations. No member walk,
+    no reconnection: a transaction sent here that fails is raised as it is
+    (once sent, its outcome is unknown); :attr:`usable` says beforehand
+    whether the connection is still up.
+    """
+
+    def __init__(self, remote: str, connection: Connection, schema: DatabaseSchema,
+                 database: str, timeout: float) -> None:
+        self.remote = remote
+        self._connection = connection
+        self._schema = schema
+        self._database = database
+        self._timeout = timeout
+
+    @property
+    def usable(self) -> bool:
+        return self._connection.lost is None
+
+    async def transact(self, operations: Sequence[Operation]) -> list[Result]:
+        params = [self._database, *(operation.to_json() for operation in operations)]
+        [reply] = await self._connection.call_many([Request("transact", params)],
+                                                   self._timeout)
+        try:
+            return transaction_results(self.remote, operations, reply, self._schema)
+        except ValueShapeError as error:
+            raise OvsdbProtocolError(self.remote, f"transact answer: {error}") from None
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close()
+
+
+async def _transact_first(remotes: str | Sequence[Remote], operations: Sequence[Operation], *,
+                          known_schema: DatabaseSchema, required_columns: RequiredColumns,
+                          database: str, timeout: float, max_message_bytes: int,
+                          max_depth: int, hold: bool,
+                          ) -> tuple[list[Result], HeldConnection | None]:
+    """:func:`transact_once`, and with ``hold`` the connection it answered on."""
     members = parse_remotes(remotes) if isinstance(remotes, str) else tuple(remotes)
     if not members or not operations:
         raise ValueError("transact_once needs remotes and operations")
@@ -614,9 +687,12 @@ async def transact_once(remotes: str | Sequence[Remote], operations: Sequence[Op
                 TimeoutError) as error:
             causes.append((address, error))
             continue
+        held: HeldConnection | None = None
         try:
             [reply] = await connection.call_many(
                 [Request("transact", params, encoded_params=encoded)], timeout)
+            if hold and _refusal(reply, len(checks)) is None:
+                held = HeldConnection(address, connection, known_schema, database, timeout)
         except OvsdbRequestError:  # an unknown database: the full client names it
             reply = None
         except (OvsdbConnectionError, OvsdbTimeoutError, OvsdbProtocolError, OSError,
@@ -626,18 +702,26 @@ async def transact_once(remotes: str | Sequence[Remote], operations: Sequence[Op
             causes.append((address, error))
             continue
         finally:
-            await connection.close()
+            if held is None:
+                await connection.close()
         if _refusal(reply, len(checks)) is not None:
             return await _transact_with_schema(remote, operations, database=database,
                                                timeout=timeout,
                                                required_columns=required_columns,
-                                               known_schema=known_schema)
+                                               known_schema=known_schema), None
         try:
-            return transaction_results(address, sent, reply, known_schema)[len(checks):]
-        except ValueShapeError as error:  # as connect() does: this member is unusable
+            results = transaction_results(address, sent, reply, known_schema)
+        except BaseException as error:
+            if held is not None:  # a conflict, an error: nothing more to send there
+                await held.close()
+            if not isinstance(error, ValueShapeError):
+                raise
+            # As connect() does: this member is unusable.
             if not resend:
                 raise OvsdbProtocolError(address, f"transact answer: {error}") from None
             causes.append((address, OvsdbProtocolError(address, f"transact answer: {error}")))
+            continue
+        return results[len(checks):], held
     raise OvsdbConnectionError("cannot connect to OVSDB", causes)
 
 
