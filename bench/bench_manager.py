@@ -10,17 +10,20 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
 (standalone, vswitch schema, one ``vhu0`` port each, two versions published):
 
 * ``select``: :func:`vhostcompat.manager.select` (every host asked
-  concurrently through our OVSDB client) against a script's way, one
+  concurrently through our OVSDB client), on the event loop the CLI runs it
+  on (``manager``: uvloop, :func:`vhostcompat.manager.run`) and on asyncio's
+  own (``manager-asyncio``, as an orchestrator's loop may be), each in a
+  thread of its own with a new loop, against a script's way, one
   ``ovs-vsctl --no-wait --format=json list`` per host in turn (both tables
   in one call), followed by the same selection over what it printed;
 * ``provision``: :func:`vhostcompat.manager.provision` (read everywhere,
   then the conditional writes) against a read and an ``ovs-vsctl --no-wait
   set Interface vhu0 options:vhost-compat-version=V`` per host in turn (not
   conditional, not all or nothing: the cheapest a script can be). The
-  pinned version alternates between rounds so every round writes.
+  pinned version alternates with every provision, so each one writes.
 
-Each pair runs in the other order every other round, so that neither side
-always runs right after the other's 200 process starts and writes, and the
+The three variants run in a rotated order every round, so that none always
+runs right after another's 200 process starts and writes, and the
 file systems are synced (untimed) before each variant: every ovsdb-server
 writes its database file on each commit, and a variant that ran while the
 other's 200 commits were still being flushed took twice as long.
@@ -36,14 +39,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,40 +155,60 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
             "max_s": max(samples)}
 
 
+def own_loop(runner: Callable[[Coroutine[Any, Any, object]], object],
+             coroutine: Coroutine[Any, Any, object]) -> Awaitable[object]:
+    """``coroutine`` run to completion on a new event loop of ``runner``'s, in a thread
+    (the bench's own loop only waits)."""
+    return asyncio.to_thread(runner, coroutine)
+
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, object]], object]] = {
+    "manager": manager.run,           # what the CLI runs: uvloop
+    "manager-asyncio": asyncio.run,   # asyncio's own loop, as an orchestrator may have
+}
+VARIANTS = (*LOOPS, "ovs-vsctl")
+
+
 async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="vc-bench-") as directory:
         async with run_ovsdb_servers(Path(directory), hosts) as servers:
             await setup(servers)
             remotes = [server.remote for server in servers]
-            samples: dict[str, list[float]] = {name: [] for name in (
-                "select/manager", "select/ovs-vsctl", "provision/manager",
-                "provision/ovs-vsctl")}
+            samples: dict[str, list[float]] = {
+                f"{verb}/{variant}": [] for verb in ("select", "provision")
+                for variant in VARIANTS}
+            provisions = itertools.count()
+
+            def call(verb: str, variant: str) -> Awaitable[object]:
+                if verb == "provision":
+                    # The pinned version alternates with every provision, so each
+                    # one really changes every host.
+                    version = VERSIONS[next(provisions) % 2]
+                    if variant == "ovs-vsctl":
+                        return vsctl_provision(servers, version)
+                    return own_loop(LOOPS[variant], manager.provision(remotes, IFACE, version))
+                if variant == "ovs-vsctl":
+                    return vsctl_select(servers)
+                return own_loop(LOOPS[variant], manager.select(remotes))
+
             for round_number in range(repeat):
-                version = VERSIONS[round_number % 2]
-                other = VERSIONS[(round_number + 1) % 2]
-                selects: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-                    ("select/manager", lambda: manager.select(remotes)),
-                    ("select/ovs-vsctl", lambda: vsctl_select(servers))]
-                provisions: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-                    ("provision/manager",
-                     functools.partial(manager.provision, remotes, IFACE, version)),
-                    ("provision/ovs-vsctl", functools.partial(vsctl_provision, servers, other))]
-                if round_number % 2:
-                    # Each pair in the other order every other round, so that neither
-                    # side always follows 200 process starts; the versions alternate
-                    # with it, so every provision really changes every host.
-                    selects.reverse()
-                    provisions.reverse()
-                for name, call in (*selects, *provisions):
-                    # Each ovsdb-server writes its database file on every commit:
-                    # the other side's 200 commits must not still be flushing
-                    # while this one runs (untimed).
-                    await asyncio.to_thread(os.sync)
-                    samples[name].append(await timed(call()))
+                # The variants in another order every round, so that none always
+                # follows the same one (200 process starts, 200 commits).
+                shift = round_number % len(VARIANTS)
+                order = VARIANTS[shift:] + VARIANTS[:shift]
+                for verb in ("select", "provision"):
+                    for variant in order:
+                        # Each ovsdb-server writes its database file on every
+                        # commit: the other side's 200 commits must not still be
+                        # flushing while this one runs (untimed).
+                        await asyncio.to_thread(os.sync)
+                        samples[f"{verb}/{variant}"].append(await timed(call(verb, variant)))
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     for verb in ("select", "provision"):
-        result[f"{verb}/ratio"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
-                                   / result[f"{verb}/manager"]["median_s"])
+        for variant in LOOPS:
+            suffix = "" if variant == "manager" else variant.removeprefix("manager")
+            result[f"{verb}/ratio{suffix}"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
+                                               / result[f"{verb}/{variant}"]["median_s"])
     return result
 
 
@@ -245,11 +268,12 @@ def render(document: Document) -> str:
     lines = [f"{document['hosts']} ovsdb-servers, {document['repeat']} rounds "
              "(median / min / max, ms):"]
     for verb in ("select", "provision"):
-        for variant in ("manager", "ovs-vsctl"):
+        for variant in VARIANTS:
             figures = fleet[f"{verb}/{variant}"]
-            lines.append(f"  {verb:9} {variant:9} {figures['median_s'] * 1e3:9.1f} "
+            lines.append(f"  {verb:9} {variant:15} {figures['median_s'] * 1e3:9.1f} "
                          f"{figures['min_s'] * 1e3:9.1f} {figures['max_s'] * 1e3:9.1f}")
-        lines.append(f"  {verb:9} ratio     {fleet[f'{verb}/ratio']:9.1f}x")
+        for label in ("ratio", "ratio-asyncio"):
+            lines.append(f"  {verb:9} {label:15} {fleet[f'{verb}/{label}']:9.1f}x")
     lines.append(f"targets over {document['targets_hosts']} hosts in memory (ms):")
     for label, figures in document["targets"].items():
         lines.append(f"  {label:16} {figures['median_s'] * 1e3:9.1f} "

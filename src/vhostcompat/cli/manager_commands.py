@@ -28,10 +28,10 @@ from vhostcompat.cli.common import (
     emit_lines,
     emit_report,
     format_table,
-    run,
 )
 from vhostcompat.cli.fanout import add_fanout_options, progress_bar, record_source
 from vhostcompat.errors import InputError
+from vhostcompat.manager import run  # uvloop: hundreds of short connections
 from vhostcompat.profiles.model import VERSION_PATTERN
 
 

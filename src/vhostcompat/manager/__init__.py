@@ -43,6 +43,11 @@ Errors (all :class:`~vhostcompat.errors.VhostCompatError`, one line):
 :class:`FleetError` (a host could not be read: exit 2), :class:`ProvisionError`
 (a host failed while provisioning; what was written is restored: exit 2),
 ``InputError`` (a host listed twice, an unknown version: exit 2).
+
+From synchronous code, :func:`run` runs a verb on the loop the CLI uses
+(uvloop: a fleet query's loop bookkeeping in C)::
+
+    report = manager.run(manager.provision(hosts, "vhu-vm1"))
 """
 
 from vhostcompat.manager.hosts import (
@@ -61,6 +66,7 @@ from vhostcompat.manager.hosts import (
     select_from_records,
     versions,
 )
+from vhostcompat.manager.loop import run
 from vhostcompat.manager.matrix import (
     Domain,
     MatrixCell,
@@ -144,6 +150,7 @@ __all__ = [
     "read_host",
     "read_hosts",
     "required_profile",
+    "run",
     "select",
     "select_from_records",
     "targets",
