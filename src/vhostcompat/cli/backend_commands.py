@@ -28,11 +28,13 @@ from vhostcompat.cli.common import (
     EXIT_OK,
     Subparsers,
     add_command,
-    add_listening_options,
     catalog_from,
     emit_json,
     emit_report,
     run,
+)
+from vhostcompat.cli.listening import (
+    add_listening_options,
     socket_permissions_from,
     stall_timeouts_from,
 )

@@ -11,9 +11,6 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from vhostcompat.cli.fleet_commands import add_fleet_options, fleet_source
 from vhostcompat.manager import (
     DEFAULT_CONCURRENCY,
@@ -50,6 +47,16 @@ def progress_bar(args: argparse.Namespace, what: str) -> Iterator[ProgressCallba
     if not wants_progress(args):
         yield None
         return
+    # rich only on a terminal: its import is a sixth of a command's start-up.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     bar = Progress(TextColumn(f"{what}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[host]}"), TimeElapsedColumn(),
                    console=Console(stderr=True), transient=True)

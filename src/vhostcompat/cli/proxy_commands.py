@@ -31,10 +31,12 @@ from vhostcompat.cli.common import (
     add_catalog_option,
     add_command,
     add_host_option,
-    add_listening_options,
     catalog_from,
     emit_report,
     run,
+)
+from vhostcompat.cli.listening import (
+    add_listening_options,
     socket_permissions_from,
     stall_timeouts_from,
 )

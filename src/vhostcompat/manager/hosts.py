@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vhostcompat.errors import InputError, UnknownVersionError, VhostCompatError
 from vhostcompat.hoststore import HostRecord, NotPublishedError, open_host
@@ -30,7 +31,9 @@ from vhostcompat.profiles import (
 from vhostcompat.profiles.baseline import Baseline, baseline_profile, newest_machine_type
 from vhostcompat.profiles.catalog import catalog_entry_text
 from vhostcompat.profiles.model import VERSION_PATTERN
-from vhostcompat.verify import Verification, verify
+
+if TYPE_CHECKING:  # verify (and the vhost-user codec under it) only for verified publishing
+    from vhostcompat.verify import Verification
 
 JsonObject = dict[str, object]
 
@@ -79,6 +82,8 @@ async def publish_verified(address: str, catalog: Catalog, only: Sequence[str] |
 
     Nothing is written when none is honoured (:class:`NothingHonouredError`).
     """
+    from vhostcompat.verify import verify  # noqa: PLC0415  (see the imports)
+
     chosen = catalog.only(only) if only else catalog
     verification = verify(chosen.profiles, offer)
     if not verification.published:
