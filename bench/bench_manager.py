@@ -13,7 +13,9 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
   concurrently through our OVSDB client), on the event loop the CLI runs it
   on (``manager``: uvloop, :func:`vhostcompat.manager.run`) and on asyncio's
   own (``manager-asyncio``, as an orchestrator's loop may be), each in a
-  thread of its own with a new loop, against a script's way, one
+  thread of its own with a new loop, and as an operator runs it,
+  ``vhostcompat select HOST...`` as a process (``vhostcompat-cli``: Python's
+  start-up and the imports included), against a script's way, one
   ``ovs-vsctl --no-wait --format=json list`` per host in turn (both tables
   in one call), followed by the same selection over what it printed;
 * ``provision``: :func:`vhostcompat.manager.provision` (read everywhere,
@@ -22,7 +24,7 @@ Side by side, round-robin in one run, over ``--hosts`` local ovsdb-servers
   conditional, not all or nothing: the cheapest a script can be). The
   pinned version alternates with every provision, so each one writes.
 
-The three variants run in a rotated order every round, so that none always
+The four variants run in a rotated order every round, so that none always
 runs right after another's 200 process starts and writes, and the
 file systems are synced (untimed) before each variant: every ovsdb-server
 writes its database file on each commit, and a variant that ran while the
@@ -166,7 +168,14 @@ LOOPS: dict[str, Callable[[Coroutine[Any, Any, object]], object]] = {
     "manager": manager.run,           # what the CLI runs: uvloop
     "manager-asyncio": asyncio.run,   # asyncio's own loop, as an orchestrator may have
 }
-VARIANTS = (*LOOPS, "ovs-vsctl")
+# The command an operator runs, as a process: start-up and imports included.
+CLI = "vhostcompat-cli"
+VARIANTS = (*LOOPS, CLI, "ovs-vsctl")
+
+
+async def cli_run(*argv: str) -> None:
+    """``vhostcompat ARGV...`` in a child process, which must succeed."""
+    await run_command([sys.executable, "-m", "vhostcompat.cli", *argv])
 
 
 async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
@@ -186,9 +195,14 @@ async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
                     version = VERSIONS[next(provisions) % 2]
                     if variant == "ovs-vsctl":
                         return vsctl_provision(servers, version)
+                    if variant == CLI:
+                        return cli_run("provision", "--iface", IFACE, "--prefer", version,
+                                       *remotes)
                     return own_loop(LOOPS[variant], manager.provision(remotes, IFACE, version))
                 if variant == "ovs-vsctl":
                     return vsctl_select(servers)
+                if variant == CLI:
+                    return cli_run("select", *remotes)
                 return own_loop(LOOPS[variant], manager.select(remotes))
 
             for round_number in range(repeat):
@@ -205,8 +219,8 @@ async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
                         samples[f"{verb}/{variant}"].append(await timed(call(verb, variant)))
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     for verb in ("select", "provision"):
-        for variant in LOOPS:
-            suffix = "" if variant == "manager" else variant.removeprefix("manager")
+        for variant in (*LOOPS, CLI):
+            suffix = {"manager": "", CLI: "-cli"}.get(variant, variant.removeprefix("manager"))
             result[f"{verb}/ratio{suffix}"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
                                                / result[f"{verb}/{variant}"]["median_s"])
     return result
@@ -272,7 +286,7 @@ def render(document: Document) -> str:
             figures = fleet[f"{verb}/{variant}"]
             lines.append(f"  {verb:9} {variant:15} {figures['median_s'] * 1e3:9.1f} "
                          f"{figures['min_s'] * 1e3:9.1f} {figures['max_s'] * 1e3:9.1f}")
-        for label in ("ratio", "ratio-asyncio"):
+        for label in ("ratio", "ratio-asyncio", "ratio-cli"):
             lines.append(f"  {verb:9} {label:15} {fleet[f'{verb}/{label}']:9.1f}x")
     lines.append(f"targets over {document['targets_hosts']} hosts in memory (ms):")
     for label, figures in document["targets"].items():

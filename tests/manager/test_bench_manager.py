@@ -16,10 +16,11 @@ def test_a_tiny_run_measures_every_variant(capsys: pytest.CaptureFixture[str]) -
     document = json.loads(capsys.readouterr().out)
     fleet = document["fleet"]
     for verb in ("select", "provision"):
-        for variant in ("manager", "manager-asyncio", "ovs-vsctl"):
+        for variant in ("manager", "manager-asyncio", "vhostcompat-cli", "ovs-vsctl"):
             assert 0 < fleet[f"{verb}/{variant}"]["min_s"] <= fleet[f"{verb}/{variant}"]["max_s"]
         assert fleet[f"{verb}/ratio"] > 0
         assert fleet[f"{verb}/ratio-asyncio"] > 0
+        assert fleet[f"{verb}/ratio-cli"] > 0
     # Two publication patterns in five cannot take the guest (too few queue pairs, too
     # few features).
     assert {figures["compatible"] for figures in document["targets"].values()} == {6}
