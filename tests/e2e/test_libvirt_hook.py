@@ -47,9 +47,9 @@ from vhostcompat.lab.libvirt import (
     TcgDomain,
     VhostUserInterface,
 )
+from vhostcompat.libvirt.calls import NAMESPACE
 from vhostcompat.libvirt.hook import install_hook
 from vhostcompat.libvirt.metadata import (
-    NAMESPACE,
     DomainMetadata,
     InterfaceMetadata,
     metadata_from_domain,

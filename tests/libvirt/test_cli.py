@@ -18,7 +18,7 @@ from tests.cli.conftest import snapshot
 from tests.helpers import CliResult, run_bounded, run_cli
 from tests.libvirt.conftest import MAC, MAC2, V26, V27, domain_xml
 from vhostcompat.hoststore import open_host
-from vhostcompat.libvirt.hook import HOOK_SCRIPT_NAME
+from vhostcompat.libvirt.calls import HOOK_SCRIPT_NAME
 from vhostcompat.libvirt.metadata import (
     DomainMetadata,
     InterfaceMetadata,

@@ -13,8 +13,9 @@ from vhostcompat.errors import HostError, InputError
 from vhostcompat.features import VirtioFeature
 from vhostcompat.hoststore import HostStore, ModeWrite, open_host
 from vhostcompat.libvirt import hook
+from vhostcompat.libvirt.calls import HookCall, HookUsageError
 from vhostcompat.libvirt.domain import DomainXmlError
-from vhostcompat.libvirt.hook import HookCall, HookDecision, HookRefusal, HookUsageError
+from vhostcompat.libvirt.hook import HookDecision, HookRefusal
 from vhostcompat.libvirt.metadata import InterfaceMetadata
 from vhostcompat.manager import read_host
 from vhostcompat.profiles import NegotiatedState, Verdict, load_default_catalog

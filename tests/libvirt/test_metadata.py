@@ -8,8 +8,8 @@ import pytest
 
 from tests.libvirt.conftest import MAC, MAC2, V26, V27
 from vhostcompat.features import ProtocolFeature, VirtioFeature
+from vhostcompat.libvirt.calls import NAMESPACE
 from vhostcompat.libvirt.metadata import (
-    NAMESPACE,
     DomainMetadata,
     InterfaceMetadata,
     MetadataError,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
-from vhostcompat.profiles import Catalog, load_catalog_or_default
+if TYPE_CHECKING:
+    from vhostcompat.profiles import Catalog
+
+# asyncio and the profiles are imported where they are used: every command loads this
+# module, and the libvirt hook's pass-through calls need neither.
 
 T = TypeVar("T")
 
@@ -75,10 +78,14 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 def catalog_from(args: argparse.Namespace) -> Catalog:
     paths: list[str] | None = args.catalog
+    from vhostcompat.profiles import load_catalog_or_default  # noqa: PLC0415
+
     return load_catalog_or_default(paths)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # noqa: PLC0415
+
     return asyncio.run(coroutine)
 
 

@@ -53,6 +53,11 @@ from vhostcompat.hoststore import (
     ModeWrite,
     open_host,
 )
+from vhostcompat.libvirt.calls import (
+    DEFAULT_HOOKS_DIR,
+    HOOK_SCRIPT_NAME,
+    HookUsageError,
+)
 from vhostcompat.libvirt.domain import (
     VhostUserInterface,
     domain_name,
@@ -63,61 +68,13 @@ from vhostcompat.libvirt.metadata import DomainMetadata, InterfaceMetadata, meta
 from vhostcompat.manager import required_profile
 from vhostcompat.profiles import Catalog, DestinationCheck, check_destination
 
-DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks/qemu.d")
-HOOK_SCRIPT_NAME = "vhostcompat"
-HOOK_ARGUMENT_COUNT = 4
-
-# libvirt's qemu hook calls (docs/hooks.rst): operation -> the sub-operation it comes with.
-OPERATIONS: dict[str, str] = {
-    "prepare": "begin", "start": "begin", "started": "begin", "stopped": "end",
-    "release": "end", "migrate": "begin", "restore": "begin", "reconnect": "begin",
-    "attach": "begin",
-}
-CHECKED_CALLS = frozenset({("prepare", "begin"), ("migrate", "begin")})
-
 CatalogLoader = Callable[[], Catalog]
-
-
-class HookUsageError(InputError):
-    """The hook was called with arguments libvirt never sends (exit 2)."""
 
 
 class HookRefusal(VhostCompatError):
     """This host cannot run an interface of the domain: libvirt refuses it (exit 1)."""
 
     exit_status = 1
-
-
-@dataclass(frozen=True)
-class HookCall:
-    """libvirt's four hook arguments, validated."""
-
-    domain: str
-    operation: str
-    sub_operation: str
-    extra: str
-
-    @classmethod
-    def parse(cls, arguments: Sequence[str]) -> HookCall:
-        if len(arguments) != HOOK_ARGUMENT_COUNT:
-            raise HookUsageError(f"libvirt-hook takes DOMAIN OPERATION SUB-OPERATION EXTRA "
-                                 f"(4 arguments), got {len(arguments)}")
-        domain, operation, sub_operation, extra = arguments
-        if not domain:
-            raise HookUsageError("empty domain name")
-        expected = OPERATIONS.get(operation)
-        if expected is None:
-            raise HookUsageError(f"unknown hook operation {operation!r} (libvirt sends: "
-                                 f"{', '.join(OPERATIONS)})")
-        if sub_operation != expected:
-            raise HookUsageError(f"operation {operation} comes with sub-operation "
-                                 f"{expected!r}, not {sub_operation!r}")
-        return cls(domain, operation, sub_operation, extra)
-
-    @property
-    def checks_domain(self) -> bool:
-        """Whether this call reads the domain and may refuse it."""
-        return (self.operation, self.sub_operation) in CHECKED_CALLS
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,10 @@ from xml.sax.saxutils import quoteattr
 from vhostcompat.errors import InputError
 from vhostcompat.features import MASK64, ProtocolFeature, VirtioFeature
 from vhostcompat.hoststore import check_interface_name
+from vhostcompat.libvirt.calls import NAMESPACE
 from vhostcompat.profiles import NegotiatedState
 from vhostcompat.profiles.model import VERSION_PATTERN
 
-NAMESPACE = "https://vhostcompat.example/xmlns/vhostcompat/1"
 PREFIX = "vhostcompat"
 ROOT_TAG = "interfaces"
 INTERFACE_TAG = "interface"
