@@ -194,7 +194,7 @@ def test_anything_unexpected_is_one_line_and_the_traceback_only_with_v(
     def broken(paths: object) -> None:
         raise RuntimeError("something no check foresaw\non two lines")
 
-    monkeypatch.setattr("vhostcompat.cli.common.load_catalog_or_default", broken)
+    monkeypatch.setattr("vhostcompat.profiles.load_catalog_or_default", broken)
     result = run_cli(capsys, "profiles")
     assert result.status == 2 and result.stdout == ""
     assert_one_line_error(result.stderr, "internal error: RuntimeError: something no check "
