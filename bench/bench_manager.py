@@ -171,6 +171,8 @@ LOOPS: dict[str, Callable[[Coroutine[Any, Any, object]], object]] = {
 # The command an operator runs, as a process: start-up and imports included.
 CLI = "vhostcompat-cli"
 VARIANTS = (*LOOPS, CLI, "ovs-vsctl")
+# Each of ours against ovs-vsctl: the document's key for its ratio.
+RATIOS = {"manager": "ratio", "manager-asyncio": "ratio-asyncio", CLI: "ratio-cli"}
 
 
 async def cli_run(*argv: str) -> None:
@@ -219,10 +221,9 @@ async def measure_fleet(hosts: int, repeat: int) -> dict[str, Any]:
                         samples[f"{verb}/{variant}"].append(await timed(call(verb, variant)))
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     for verb in ("select", "provision"):
-        for variant in (*LOOPS, CLI):
-            suffix = {"manager": "", CLI: "-cli"}.get(variant, variant.removeprefix("manager"))
-            result[f"{verb}/ratio{suffix}"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
-                                               / result[f"{verb}/{variant}"]["median_s"])
+        for variant, label in RATIOS.items():
+            result[f"{verb}/{label}"] = (result[f"{verb}/ovs-vsctl"]["median_s"]
+                                         / result[f"{verb}/{variant}"]["median_s"])
     return result
 
 
@@ -286,7 +287,7 @@ def render(document: Document) -> str:
             figures = fleet[f"{verb}/{variant}"]
             lines.append(f"  {verb:9} {variant:15} {figures['median_s'] * 1e3:9.1f} "
                          f"{figures['min_s'] * 1e3:9.1f} {figures['max_s'] * 1e3:9.1f}")
-        for label in ("ratio", "ratio-asyncio", "ratio-cli"):
+        for label in RATIOS.values():
             lines.append(f"  {verb:9} {label:15} {fleet[f'{verb}/{label}']:9.1f}x")
     lines.append(f"targets over {document['targets_hosts']} hosts in memory (ms):")
     for label, figures in document["targets"].items():

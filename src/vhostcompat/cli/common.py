@@ -77,9 +77,9 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 
 def catalog_from(args: argparse.Namespace) -> Catalog:
-    paths: list[str] | None = args.catalog
     from vhostcompat.profiles import load_catalog_or_default  # noqa: PLC0415
 
+    paths: list[str] | None = args.catalog
     return load_catalog_or_default(paths)
 
 

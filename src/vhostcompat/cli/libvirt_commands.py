@@ -84,7 +84,6 @@ def libvirt_hook(args: argparse.Namespace) -> int:
     if args.install:
         from vhostcompat.libvirt.hook import install_hook  # noqa: PLC0415
 
-
         if arguments:
             raise HookUsageError("--install takes no hook arguments")
         path = install_hook(args.db, Path(args.hooks_dir or DEFAULT_HOOKS_DIR), args.catalog or ())

@@ -3,8 +3,8 @@
 A fleet query is hundreds of short connections, each a few callbacks and
 timers: with asyncio's own loop (pure Python) the loop's bookkeeping was the
 largest single share of ``provision``'s CPU over 200 hosts. uvloop runs the
-same coroutines with that part in C (``bench.bench_manager --loop`` measures
-both). The verbs themselves run on any asyncio loop: an orchestrator that has
+same coroutines with that part in C (``bench.bench_manager`` measures both,
+side by side). The verbs themselves run on any asyncio loop: an orchestrator that has
 its own keeps it and awaits them there.
 """
 

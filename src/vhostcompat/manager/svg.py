@@ -20,6 +20,7 @@ def escape(text: str) -> str:
     in urllib and email: a tenth of a command's start-up)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
+
 CELL = 28
 MARK = 10
 CHARACTER = 7.2  # width of one 12 px monospace character, near enough
