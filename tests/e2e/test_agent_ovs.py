@@ -44,6 +44,7 @@ from vhostcompat.lab.process import wait_until
 from vhostcompat.lab.qemu import device_offer
 from vhostcompat.lab.story import FRONTEND_PATH_KEY, ovs_migration, qemu_socket
 from vhostcompat.profiles import load_catalog
+from vhostcompat.realtime import is_realtime
 
 CATALOG = Path(__file__).parents[2] / "src/vhostcompat/catalogs/ovs-dpdk-3.1.toml"
 TSO, DEFAULT, BASE = ("debian12.ovs-dpdk.v3.1-tso", "debian12.ovs-dpdk.v3.1",
@@ -150,10 +151,13 @@ def test_publish_select_and_migrate_on_two_ovs_dpdk_hosts_with_agents(lab_dir: P
                 assert run.destination_error is not None and "unsupported" in \
                     run.destination_error
 
-            # With both agents: the mode assigned with ovs-vsctl set, run by each agent.
+            # With both agents: the mode assigned with ovs-vsctl set, run by each agent
+            # (B's relaying at SCHED_FIFO).
             async with run_agent(host_a.remote, lab_dir / "agent-a", lab_dir, "agent-a"), \
-                    run_agent(host_b.remote, lab_dir / "agent-b", lab_dir, "agent-b") as agent_b, \
+                    run_agent(host_b.remote, lab_dir / "agent-b", lab_dir, "agent-b",
+                              options=("--realtime-priority", "1")) as agent_b, \
                     ovs_migration(lab_dir, host_a, host_b, "vhu0", BASE) as (run, _, qemu_b):
+                assert is_realtime(agent_b.process.pid)
                 # QEMU's device came up in V: its back-end offered V, its guest saw V's share.
                 assert run.offered == base.virtio_features
                 assert run.host_features == device_offer(base.virtio_features)

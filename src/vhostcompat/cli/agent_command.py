@@ -19,6 +19,7 @@ from pathlib import Path
 from vhostcompat.agent.daemon import Agent, AgentConfig
 from vhostcompat.agent.log import configure
 from vhostcompat.cli.common import EXIT_OK, Subparsers, add_command, run
+from vhostcompat.cli.listening import add_realtime_option
 from vhostcompat.errors import InputError
 from vhostcompat.fleet.presence import FleetOptions, owner_of
 from vhostcompat.fleet.registry import (
@@ -31,11 +32,12 @@ from vhostcompat.profiles import load_catalog_or_default
 from vhostcompat.proxy import ProxyOptions
 from vhostcompat.proxy.relay import REPLY_TIMEOUT
 from vhostcompat.proxy.server import BACKEND_TIMEOUT
+from vhostcompat.realtime import realtime_scheduling
 
 DEFAULT_STATE_DIR = "/var/lib/vhostcompat/agent"
 
 
-async def _serve(config: AgentConfig) -> int:
+async def _serve(config: AgentConfig, realtime_priority: int | None) -> int:
     agent = Agent(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -43,7 +45,8 @@ async def _serve(config: AgentConfig) -> int:
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     try:
-        await agent.run(stop)
+        with realtime_scheduling(realtime_priority):
+            await agent.run(stop)
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -61,7 +64,7 @@ def agent(args: argparse.Namespace) -> int:
                          ProxyOptions(reply_timeout=args.reply_timeout,
                                       backend_timeout=args.backend_timeout),
                          fleet=fleet_options(args, state_dir))
-    return run(_serve(config))
+    return run(_serve(config, args.realtime_priority))
 
 
 def fleet_options(args: argparse.Namespace, state_dir: Path) -> FleetOptions | None:
@@ -116,3 +119,4 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--backend-timeout", type=float, default=BACKEND_TIMEOUT, metavar="S",
                         help=f"per proxy: how long QEMU's connection waits for OVS "
                              f"(default {BACKEND_TIMEOUT:g})")
+    add_realtime_option(parser, "the agent's event loop, which relays for every proxy,")

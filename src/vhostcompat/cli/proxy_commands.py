@@ -37,6 +37,7 @@ from vhostcompat.cli.common import (
 )
 from vhostcompat.cli.listening import (
     add_listening_options,
+    add_realtime_option,
     socket_permissions_from,
     stall_timeouts_from,
 )
@@ -59,6 +60,7 @@ from vhostcompat.proxy.server import BACKEND_TIMEOUT
 from vhostcompat.proxy.status import StatusSink
 from vhostcompat.proxy.timings import RelayTimings
 from vhostcompat.proxy.warm import warm_up
+from vhostcompat.realtime import realtime_scheduling
 
 _log = logging.getLogger("vhostcompat.proxy")
 
@@ -128,13 +130,14 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.stats_file is not None:
         loop.add_signal_handler(signal.SIGUSR1, _write_stats, server, args.stats_file)
     try:
-        async with server:
-            await stop.wait()
+        with realtime_scheduling(args.realtime_priority):
+            async with server:
+                await stop.wait()
             _log.info("stopping")
         board.set_state(ProxyState.EXITED, "stopped by a signal")
         if args.stats_file is not None:
             _write_stats(server, args.stats_file)
-    except InputError as error:
+    except (InputError, HostError) as error:
         board.set_state(ProxyState.FAILED, str(error))
         raise
     finally:
@@ -200,6 +203,7 @@ def register(subparsers: Subparsers) -> None:
                         help=f"how long to wait for the back-end once a front-end connected "
                              f"(default {BACKEND_TIMEOUT:g})")
     add_listening_options(parser)
+    add_realtime_option(parser, "the proxy")
 
     parser = add_command(
         subparsers, "proxy-status", proxy_status,
