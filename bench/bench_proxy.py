@@ -41,11 +41,17 @@ The end-to-end ratios come with a 95 % bootstrap confidence interval
 run from another vhostcompat tree (its ``src`` directory, e.g. a ``git
 worktree`` of an older commit), round-robin with the others, so that two
 versions of the proxy are compared in one run, on the same load.
+``--realtime-priority N`` (default 1; 0: none) adds a variant to the
+start-ups and the migrations: proxies run with ``--realtime-priority N``
+(SCHED_FIFO, :mod:`vhostcompat.realtime`), round-robin with the others,
+with the same figures; the per-message p50 and the per-migration median
+come with 95 % intervals from resampling whole migrations.
 ``--proxy-cpus LIST`` runs every proxy on those CPUs only (an environment
 choice: see the README's benchmark section for why and for figures both
 ways).
 
-    python -m bench.bench_proxy [--repeat 10] [--baseline-proxy SRC] [--proxy-cpus 1] [--json]
+    python -m bench.bench_proxy [--repeat 10] [--realtime-priority 1] [--baseline-proxy SRC]
+                                [--proxy-cpus 1] [--json]
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ from vhostcompat.proxy.timings import (
     timings_from_json,
 )
 from vhostcompat.proxy.timings import summarise as summarise_timings
+from vhostcompat.realtime import MAX_PRIORITY
 from vhostcompat.transport import FdConnection, MessageConnection
 from vhostcompat.vhostuser import U64, Channel, FrontendRequest, Message, Role, make_reply
 
@@ -108,14 +115,33 @@ BOOTSTRAP_RESAMPLES = 2000
 BURST_GAP_NS = 20_000_000
 SETTLE_SECONDS = 3 * BURST_GAP_NS / 1e9
 DIRECT, PROXIED, BASELINE = "direct", "proxy", "baseline proxy"
+REALTIME = "proxy, SCHED_FIFO"
+REALTIME_PRIORITY = 1
 # Proxies started as the lab deploys them (no other tree, no CPU affinity).
 AS_DEPLOYED = ProxyLaunch()
 
 
-def start_backends(launch: ProxyLaunch = AS_DEPLOYED) -> dict[str, BenchBackend]:
-    """testpmd directly, and behind ``vhostcompat proxy`` in testpmd's own version."""
-    return {DIRECT: dpdk_testpmd_backend,
-            PROXIED: bench_backend(dpdk_testpmd(), ProxyMode(MODE, launch=launch))}
+def proxied_variants(launch: ProxyLaunch = AS_DEPLOYED, realtime_priority: int | None = None,
+                     baseline: Path | None = None) -> dict[str, ProxyMode]:
+    """The proxied variants of a run: as deployed, at SCHED_FIFO ``realtime_priority``
+    (``--realtime-priority``) and from the ``baseline`` tree, where given (pure)."""
+    variants = {PROXIED: ProxyMode(MODE, launch=launch)}
+    if realtime_priority is not None:
+        variants[REALTIME] = ProxyMode(MODE, launch=dataclasses.replace(
+            launch, realtime_priority=realtime_priority))
+    if baseline is not None:
+        variants[BASELINE] = ProxyMode(MODE, launch=dataclasses.replace(launch,
+                                                                         source=baseline))
+    return variants
+
+
+def start_backends(variants: Mapping[str, ProxyMode]) -> dict[str, BenchBackend]:
+    """testpmd directly, and behind ``vhostcompat proxy`` in testpmd's own version (each
+    variant but the baseline: a start-up is the same code in both trees)."""
+    backends = {DIRECT: dpdk_testpmd_backend}
+    backends.update({name: bench_backend(dpdk_testpmd(), mode)
+                     for name, mode in variants.items() if name != BASELINE})
+    return backends
 
 
 # -- migration downtime ------------------------------------------------------------------
@@ -266,15 +292,10 @@ class MigrationSample:
         return document
 
 
-async def measure_migrations(repeat: int, launch: ProxyLaunch = AS_DEPLOYED,
-                             baseline: Path | None = None) -> dict[str, list[MigrationSample]]:
-    """``repeat`` migrations of each variant, round-robin (the baseline's proxies
-    from the tree ``baseline``, when given)."""
-    variants: dict[str, ProxyMode | None] = {DIRECT: None,
-                                             PROXIED: ProxyMode(MODE, launch=launch)}
-    if baseline is not None:
-        variants[BASELINE] = ProxyMode(MODE, launch=dataclasses.replace(launch,
-                                                                         source=baseline))
+async def measure_migrations(repeat: int, proxied: Mapping[str, ProxyMode]
+                             ) -> dict[str, list[MigrationSample]]:
+    """``repeat`` migrations direct and through each proxied variant, round-robin."""
+    variants: dict[str, ProxyMode | None] = {DIRECT: None, **proxied}
     samples: dict[str, list[MigrationSample]] = {name: [] for name in variants}
     for _ in range(repeat):
         for name, mode in variants.items():
@@ -371,6 +392,46 @@ def _mean_difference(direct: Sequence[float], proxied: Sequence[float]) -> float
     return statistics.fmean(proxied) - statistics.fmean(direct)
 
 
+def cluster_interval(samples: Sequence[MigrationSample],
+                     statistic: Callable[[Sequence[MigrationSample]], float], *,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 11
+                     ) -> tuple[float, float] | None:
+    """95 % bootstrap interval of ``statistic`` over migrations resampled whole.
+
+    A migration's messages are not independent of each other (one slow
+    moment of the machine slows a whole burst): resampling migrations, not
+    messages, keeps that in the interval. None without samples.
+    """
+    if not samples:
+        return None
+    chooser = random.Random(seed)
+    values = sorted(statistic(chooser.choices(samples, k=len(samples)))
+                    for _ in range(resamples))
+    return (round(percentile(values, 0.025), 1), round(percentile(values, 0.975), 1))
+
+
+def relay_p50(samples: Sequence[MigrationSample]) -> float:
+    """p50 of the relay time (us) of every message of ``samples``."""
+    return percentile([timing.relay_us for sample in samples for timing in sample.relayed], 0.5)
+
+
+def waited_median(samples: Sequence[MigrationSample]) -> float:
+    """Median over migrations of what QEMU waited for on the proxies while stopped (us)."""
+    return statistics.median(sum(share["waited_us"] for share in sample.stopped.values())
+                             for sample in samples)
+
+
+def _proxy_figures(samples: Sequence[MigrationSample]) -> dict[str, Any]:
+    """What one proxied variant's migrations say about the proxy's own cost."""
+    relayed = [timing for sample in samples for timing in sample.relayed]
+    measured = [sample for sample in samples if sample.relayed]
+    stopped = [sample for sample in samples if sample.stopped]
+    return {"proxy_while_stopped": _share_summary(samples),
+            "relay_us": summarise_timings(relayed),
+            "relay_p50_ci95": cluster_interval(measured, relay_p50),
+            "waited_per_migration_median_ci95": cluster_interval(stopped, waited_median)}
+
+
 def _share_summary(samples: Sequence[MigrationSample]) -> dict[str, Any]:
     """The proxies' time while the VM was stopped, per side and per migration."""
     per_side: dict[str, dict[str, float]] = {}
@@ -413,7 +474,7 @@ def report(start: Mapping[str, Sequence[Sample]],
     control_medians = {name: _median(rates) for name, rates in control.items()}
     started = {name: [sample.vhost_started for sample in samples]
                for name, samples in start.items()}
-    relayed = [timing for sample in migrations[PROXIED] for timing in sample.relayed]
+    proxy = _proxy_figures(migrations[PROXIED])
     document: dict[str, Any] = {
         "benchmark": "vhostcompat proxy: direct vs through the proxy",
         "repeat": repeat,
@@ -426,30 +487,42 @@ def report(start: Mapping[str, Sequence[Sample]],
                                  for name, samples in start.items()}},
         "migration_ms": {"median": migration_medians,
                          "downtime_mean": downtime_means,
-                         "downtime_difference": {
-                             "median": round(migration_medians[PROXIED]["downtime_ms"]
-                                             - migration_medians[DIRECT]["downtime_ms"], 1),
-                             "mean": round(downtime_means[PROXIED] - downtime_means[DIRECT],
-                                           1),
-                             "mean_ci95": list(bootstrap_interval(
-                                 downtimes[DIRECT], downtimes[PROXIED], _mean_difference))},
+                         "downtime_difference": _downtime_difference(downtimes, PROXIED),
                          "samples": {name: [sample.to_json() for sample in samples]
                                      for name, samples in migrations.items()}},
-        "proxy_while_stopped": _share_summary(migrations[PROXIED]),
-        "relay_us": {"qemu_and_testpmd": summarise_timings(relayed),
+        "proxy_while_stopped": proxy["proxy_while_stopped"],
+        "proxy_ci95": {key: proxy[key] for key in ("relay_p50_ci95",
+                                                   "waited_per_migration_median_ci95")},
+        "relay_us": {"qemu_and_testpmd": proxy["relay_us"],
                      "in_process_get_features": summarise_timings(control_timings)},
         "control_round_trips_per_s": {
             "median": control_medians,
             "messages_per_s_through_proxy": round(2 * control_medians[PROXIED]),
             "samples": {name: [round(rate) for rate in rates] for name, rates in control.items()}},
     }
+    if REALTIME in migrations:
+        # The same figures for the proxies at SCHED_FIFO, from the same run.
+        realtime = _proxy_figures(migrations[REALTIME])
+        realtime["downtime_difference"] = _downtime_difference(downtimes, REALTIME)
+        if REALTIME in start:
+            realtime["vhost_started_ratio"] = _ratio(start_medians[REALTIME]["vhost_started"],
+                                                     start_medians[DIRECT]["vhost_started"])
+            realtime["vhost_started_ratio_ci95"] = list(bootstrap_interval(
+                started[DIRECT], started[REALTIME], _median_ratio))
+        document["realtime"] = realtime
     if BASELINE in migrations:
         # The same figures for the proxies of the other tree, from the same run.
-        document["baseline"] = {
-            "proxy_while_stopped": _share_summary(migrations[BASELINE]),
-            "relay_us": summarise_timings([timing for sample in migrations[BASELINE]
-                                           for timing in sample.relayed])}
+        document["baseline"] = _proxy_figures(migrations[BASELINE])
     return document
+
+
+def _downtime_difference(downtimes: Mapping[str, Sequence[float]], name: str
+                         ) -> dict[str, Any]:
+    """Downtime through ``name``'s proxies minus direct: medians, means and the mean's CI."""
+    proxied, direct = downtimes[name], downtimes[DIRECT]
+    return {"median": round(statistics.median(proxied) - statistics.median(direct), 1),
+            "mean": round(statistics.fmean(proxied) - statistics.fmean(direct), 1),
+            "mean_ci95": list(bootstrap_interval(direct, proxied, _mean_difference))}
 
 
 def render(document: Document) -> str:
@@ -485,30 +558,50 @@ def render(document: Document) -> str:
     low, high = migration["downtime_difference"]["mean_ci95"]
     lines.append(f"downtime, proxy minus direct (mean): "
                  f"{migration['downtime_difference']['mean']} ms (95% CI {low} to {high})")
-    share = document["proxy_while_stopped"]
-    lines.append("while the VM was stopped, per migration (us, median / max): relay time "
-                 f"{share['per_migration_us']['median']} / {share['per_migration_us']['max']}"
-                 f", of it on exchanges QEMU waited for "
-                 f"{share['waited_per_migration_us']['median']} / "
-                 f"{share['waited_per_migration_us']['max']}")
-    for side, figures in share["per_side"].items():
-        lines.append(f"  {side}: {figures['messages_median']:g} messages, relay time median "
-                     f"{figures['median_us']} us (max {figures['max_us']}), waited for "
-                     f"{figures['waited_median_us']} us")
-    lines.append("relay time per message (us), QEMU + testpmd runs (wall; proxy CPU):")
-    lines += _relay_table(document["relay_us"]["qemu_and_testpmd"])
+    lines += _proxy_lines({**document, "relay_us": document["relay_us"]["qemu_and_testpmd"],
+                           **document["proxy_ci95"]})
+    realtime = document.get("realtime")
+    if realtime is not None:
+        low, high = realtime["downtime_difference"]["mean_ci95"]
+        lines.append(f"proxy at SCHED_FIFO (--realtime-priority "
+                     f"{document.get('realtime_priority')}), same run: downtime minus direct "
+                     f"(mean) {realtime['downtime_difference']['mean']} ms (95% CI {low} to "
+                     f"{high})")
+        if "vhost_started_ratio" in realtime:
+            low, high = realtime["vhost_started_ratio_ci95"]
+            lines.append(f"  start to vhost running, ratio of medians: "
+                         f"{realtime['vhost_started_ratio']} (95% CI {low}-{high})")
+        lines += _proxy_lines(realtime)
     baseline = document.get("baseline")
     if baseline is not None:
-        waited = baseline["proxy_while_stopped"]["waited_per_migration_us"]
-        lines.append(f"baseline proxy ({document.get('baseline_proxy')}), same run: exchanges "
-                     f"QEMU waited for while the VM was stopped, per migration (us, median / "
-                     f"max) {waited['median']} / {waited['max']}; relay time per message:")
-        lines += _relay_table(baseline["relay_us"])
+        lines.append(f"baseline proxy ({document.get('baseline_proxy')}), same run:")
+        lines += _proxy_lines(baseline)
     in_process = document["relay_us"]["in_process_get_features"].get("all")
     if in_process:
         lines.append(f"  in-process GET_FEATURES, all: p50 {in_process['p50_us']} us, "
                      f"p99 {in_process['p99_us']} us")
     return "\n".join(lines)
+
+
+def _proxy_lines(figures: Mapping[str, Any]) -> list[str]:
+    """One proxied variant: its share of the stops, and its relay time per message."""
+    share = figures["proxy_while_stopped"]
+    waited = share["waited_per_migration_us"]
+    lines = ["while the VM was stopped, per migration (us, median / max): relay time "
+             f"{share['per_migration_us']['median']} / {share['per_migration_us']['max']}"
+             f", of it on exchanges QEMU waited for {waited['median']} / {waited['max']}"
+             f"{_interval(figures.get('waited_per_migration_median_ci95'))}"]
+    for side, side_figures in share["per_side"].items():
+        lines.append(f"  {side}: {side_figures['messages_median']:g} messages, relay time "
+                     f"median {side_figures['median_us']} us (max {side_figures['max_us']}), "
+                     f"waited for {side_figures['waited_median_us']} us")
+    lines.append("relay time per message (us), QEMU + testpmd runs (wall; proxy CPU), "
+                 f"p50 of all{_interval(figures.get('relay_p50_ci95'))}:")
+    return lines + _relay_table(figures["relay_us"])
+
+
+def _interval(interval: Sequence[float] | None) -> str:
+    return "" if interval is None else f" (median's 95% CI {interval[0]} to {interval[1]})"
 
 
 def _relay_table(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -535,15 +628,18 @@ def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float | No
 
 
 async def measure(repeat: int, control_seconds: float, *, launch: ProxyLaunch = AS_DEPLOYED,
+                  realtime_priority: int | None = REALTIME_PRIORITY,
                   baseline: Path | None = None) -> dict[str, Any]:
     ticks = cpu_ticks()
-    start = await compare(start_backends(launch), repeat)
-    migrations = await measure_migrations(repeat, launch, baseline)
+    variants = proxied_variants(launch, realtime_priority, baseline)
+    start = await compare(start_backends(variants), repeat)
+    migrations = await measure_migrations(repeat, variants)
     timings = RelayTimings()
     control = await measure_control(repeat, control_seconds, timings)
     document = report(start, migrations, control, repeat, list(timings.samples))
     document["steal_percent"] = steal_percent(ticks, cpu_ticks())
     document["proxy_cpus"] = None if launch.cpus is None else sorted(launch.cpus)
+    document["realtime_priority"] = realtime_priority
     if baseline is not None:
         document["baseline_proxy"] = str(baseline)
     return document
@@ -559,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline-proxy", type=Path, metavar="SRC",
                         help="also migrate through proxies run from this vhostcompat source "
                              "directory (another tree's src), round-robin with the others")
+    parser.add_argument("--realtime-priority", type=int, default=REALTIME_PRIORITY,
+                        metavar="N",
+                        help=f"also run proxies with --realtime-priority N (SCHED_FIFO), "
+                             f"round-robin with the others (default {REALTIME_PRIORITY}; 0 "
+                             "leaves that variant out)")
     parser.add_argument("--proxy-cpus", metavar="LIST",
                         help="run every proxy on these CPUs only (comma separated numbers)")
     return parser
@@ -582,10 +683,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.control_seconds <= 0:
             raise InputError("--control-seconds must be positive")
         launch = ProxyLaunch(cpus=_cpu_list(args.proxy_cpus))
+        if not 0 <= args.realtime_priority <= MAX_PRIORITY:
+            raise InputError(f"--realtime-priority is 1 to {MAX_PRIORITY}, or 0 for none")
         baseline = args.baseline_proxy
         if baseline is not None and not (baseline / "vhostcompat" / "cli").is_dir():
             raise InputError(f"--baseline-proxy {baseline}: not a vhostcompat src directory")
         return asyncio.run(measure(args.repeat, args.control_seconds, launch=launch,
+                                   realtime_priority=args.realtime_priority or None,
                                    baseline=None if baseline is None else baseline.resolve()))
 
     return run_bench("bench_proxy", checked_measure, render, args.json)

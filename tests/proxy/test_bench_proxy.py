@@ -10,10 +10,13 @@ from bench.bench_proxy import (
     BASELINE,
     DIRECT,
     PROXIED,
+    REALTIME,
     MigrationSample,
+    cluster_interval,
     control_rate,
     cpu_ticks,
     main,
+    relay_p50,
     render,
     report,
     steal_percent,
@@ -21,6 +24,7 @@ from bench.bench_proxy import (
     stop_started,
     stopped_share,
     waited_for,
+    waited_median,
 )
 from bench.bench_start import PHASES, Sample
 
@@ -81,15 +85,54 @@ def test_report_ratios_and_differences_come_from_the_samples() -> None:
     assert "baseline proxy" in render(document)
 
 
+def test_a_realtime_variant_gets_its_own_figures_from_its_own_samples() -> None:
+    start = {DIRECT: [Sample(0.03, 0.10, 0.12)], PROXIED: [Sample(0.04, 0.11, 0.13)],
+             REALTIME: [Sample(0.03, 0.10, 0.24)]}
+    shares = [{"source": {"relay_us": 40.0, "messages": 1, "waited_us": waited}}
+              for waited in (300.0, 900.0)]
+    migrations = {DIRECT: [MigrationSample(100, 300), MigrationSample(140, 340)],
+                  PROXIED: [MigrationSample(110, 310, shares[0],
+                                            [Timing("GET_FEATURES", "request", 0, 30_000)]),
+                            MigrationSample(150, 330, shares[1])],
+                  REALTIME: [MigrationSample(90, 310, shares[0],
+                                             [Timing("GET_FEATURES", "request", 0, 20_000),
+                                              Timing("GET_STATUS", "reply", 0, 60_000)]),
+                             MigrationSample(130, 330, shares[1])]}
+    control = {DIRECT: [1000.0], PROXIED: [500.0]}
+    document = json.loads(json.dumps(report(start, migrations, control, 2)))
+    realtime = document["realtime"]
+    assert realtime["vhost_started_ratio"] == 2.0
+    assert realtime["downtime_difference"]["mean"] == -10.0
+    assert realtime["relay_us"]["all"]["p50_us"] == 40.0
+    assert document["relay_us"]["qemu_and_testpmd"]["all"]["p50_us"] == 30.0
+    # Resampling whole migrations: the median of two totals lies between them.
+    low, high = realtime["waited_per_migration_median_ci95"]
+    assert 300.0 <= low <= high <= 900.0
+    assert document["proxy_ci95"]["relay_p50_ci95"] == [30.0, 30.0]
+    assert "proxy at SCHED_FIFO" in render(document)
+
+
+def test_the_cluster_interval_resamples_migrations_whole() -> None:
+    samples = [MigrationSample(0, 0, relayed=[Timing("GET_FEATURES", "request", 0, ns)] * 3)
+               for ns in (10_000, 20_000, 90_000)]
+    low, high = cluster_interval(samples, relay_p50) or (0.0, 0.0)
+    assert 10.0 <= low <= 20.0 <= high <= 90.0
+    assert cluster_interval([], relay_p50) is None
+    assert waited_median([MigrationSample(0, 0, {"source": {"waited_us": 5.0},
+                                                 "destination": {"waited_us": 7.0}})]) == 12.0
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_one_short_run_with_qemu_and_testpmd(capsys: pytest.CaptureFixture[str]) -> None:
     require_tool("qemu-system-x86_64", "dpdk-testpmd")
     assert main(["--repeat", "1", "--control-seconds", "0.2", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert set(document["start_ms"]["median"]) == {DIRECT, PROXIED}
+    assert set(document["start_ms"]["median"]) == {DIRECT, PROXIED, REALTIME}
     assert document["start_ms"]["ratio"]["vhost_started"] > 0
     assert len(document["migration_ms"]["samples"][PROXIED]) == 1
+    # The SCHED_FIFO proxies relayed the same migration's messages.
+    assert document["realtime"]["relay_us"]["all"]["count"] > 0
 
 
 def test_only_messages_received_while_the_vm_was_stopped_count() -> None:
@@ -141,5 +184,7 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--repeat must be at least 1" in capsys.readouterr().err
     assert main(["--proxy-cpus", "one"]) == 2
     assert "--proxy-cpus takes CPU numbers" in capsys.readouterr().err
+    assert main(["--realtime-priority", "100"]) == 2
+    assert "--realtime-priority is 1 to 99" in capsys.readouterr().err
     assert main(["--baseline-proxy", "/nonexistent"]) == 2
     assert "not a vhostcompat src directory" in capsys.readouterr().err

@@ -46,11 +46,13 @@ class ProxyLaunch:
     runs instead of this one (its ``PYTHONPATH``): two versions measured side
     by side in one run. ``cpus``: the CPUs the proxy may run on (its affinity,
     set as it starts, before it relays anything), to keep it off the CPUs of
-    another program's threads.
+    another program's threads. ``realtime_priority``: the proxy's
+    ``--realtime-priority`` (SCHED_FIFO, :mod:`vhostcompat.realtime`).
     """
 
     source: Path | None = None
     cpus: frozenset[int] | None = None
+    realtime_priority: int | None = None
 
     def __post_init__(self) -> None:
         if self.cpus is not None and (not self.cpus or min(self.cpus) < 0):
@@ -126,6 +128,8 @@ def proxy_argv(config: ProxyConfig) -> list[str]:
         argv += ["--backend-timeout", f"{config.backend_timeout:g}"]
     if config.stats_file is not None:
         argv += ["--stats-file", str(config.stats_file)]
+    if config.mode.launch.realtime_priority is not None:
+        argv += ["--realtime-priority", str(config.mode.launch.realtime_priority)]
     return argv + list(config.options)
 
 
