@@ -117,7 +117,7 @@ SETTLE_SECONDS = 3 * BURST_GAP_NS / 1e9
 DIRECT, PROXIED, BASELINE = "direct", "proxy", "baseline proxy"
 REALTIME = "proxy, SCHED_FIFO"
 REALTIME_PRIORITY = 1
-# Proxies started as the lab deploys them (no other tree, no CPU affinity).
+# Proxies started as the lab deploys them (normal scheduling, no other tree, no affinity).
 AS_DEPLOYED = ProxyLaunch()
 
 
