@@ -168,6 +168,9 @@ class CpuGuard:
                 try:
                     enter_realtime(self.priority)
                 except HostError as error:
+                    # Allowed at start, not now (the limit was lowered): say so, stay normal.
+                    self.state.realtime = False
+                    self._timer = None
                     _log.error("%s; staying under normal scheduling", error)
                     return
                 _log.info("back to SCHED_FIFO priority %d", self.priority)

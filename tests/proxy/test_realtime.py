@@ -9,6 +9,7 @@ back once the flood ends, and to serve QEMU's start-up afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -23,10 +24,12 @@ import pytest
 
 from tests.backend.helpers import Frontend, run
 from tests.security.helpers import proxy_config, qemu_start_up, reference_backend
+from vhostcompat import realtime
 from vhostcompat.errors import HostError
 from vhostcompat.lab.commands import run_proxy
 from vhostcompat.lab.process import wait_until
 from vhostcompat.realtime import (
+    CpuGuard,
     GuardSettings,
     GuardState,
     check_priority,
@@ -63,6 +66,30 @@ def test_a_late_window_is_measured_over_the_time_that_really_passed() -> None:
     state.tick(0.0, 0.0)
     # 30 ms of CPU, but the timer ran 0.3 s late: 7.5 % of a CPU, not 30 %.
     assert state.tick(0.030, 0.4) is None
+
+
+def test_the_guard_changes_the_policy_and_stays_normal_when_real_time_is_refused_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    cpu = iter([0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])  # one busy window, then idle
+
+    def refuse(priority: int) -> None:
+        calls.append(f"enter {priority}")
+        raise HostError("not permitted")
+
+    monkeypatch.setattr(realtime, "leave_realtime", lambda: calls.append("leave"))
+    monkeypatch.setattr(realtime, "enter_realtime", refuse)
+
+    async def guarded() -> CpuGuard:
+        guard = CpuGuard(3, GuardSettings(window=0.01, budget=0.2, cooldown=0.02),
+                         cpu_clock=lambda: next(cpu))
+        guard.start()
+        await wait_until(lambda: "enter 3" in calls, 5.0, "the promotion attempt")
+        return guard
+
+    guard = asyncio.run(guarded())
+    assert calls == ["leave", "enter 3"]
+    assert not guard.state.realtime and guard.state.demotions == 1
 
 
 @pytest.mark.parametrize("settings", [
