@@ -558,7 +558,8 @@ def render(document: Document) -> str:
     low, high = migration["downtime_difference"]["mean_ci95"]
     lines.append(f"downtime, proxy minus direct (mean): "
                  f"{migration['downtime_difference']['mean']} ms (95% CI {low} to {high})")
-    lines += _proxy_lines({**document, "relay_us": document["relay_us"]["qemu_and_testpmd"],
+    lines += _proxy_lines({"proxy_while_stopped": document["proxy_while_stopped"],
+                           "relay_us": document["relay_us"]["qemu_and_testpmd"],
                            **document["proxy_ci95"]})
     realtime = document.get("realtime")
     if realtime is not None:

@@ -68,14 +68,10 @@ def _mode(text: str) -> int:
 
 
 def _priority(text: str) -> int:
-    try:
-        value = int(text) if text.isascii() else None
-    except ValueError:
-        value = None
-    if value is None:
+    if not (text.isascii() and text.removeprefix("-").isdigit()):
         raise argparse.ArgumentTypeError(f"not a number: {text!r}")
     try:
-        return check_priority(value)
+        return check_priority(int(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
